@@ -1,0 +1,17 @@
+# a character-level shakespeare diffusion model at nanoGPT's shakespeare_char GPU size
+# (6 layers, 6 heads, 384 wide, block 256): the seed recipe of [MASK] + random tokens
+# flagged as [WRONG], with the dual curriculum and the [MASK] bias controller
+exec(open('config/train_shakespeare_char.py').read())
+
+out_dir = 'out-shakespeare-diffusion'
+wandb_run_name = 'mini-diffusion'
+model_type = 'diffusion'
+pos_encoding = 'rope' # learned absolute positions leave a small diffusion model at unigram level (README)
+always_save_checkpoint = True # the diffusion loss keeps improving long after AR starts to overfit
+
+loss_type = 'seed'
+guaranteed_correct_factor = 0.0
+penalty_mask_correct = 0.5
+masking_warmup_iters = 1000
+proofreading_warmup_iters = 1000
+target_mask_prob = 0.5

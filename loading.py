@@ -1,0 +1,158 @@
+"""
+Loading and saving, in one place for every script: data splits and batches,
+checkpoints (written atomically, read without executing code) and tokenizers
+(the char vocabulary of meta.json, or GPT-2 BPE through tiktoken).
+Every failure a user can cause is a UserError: one line that says what to do.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from configurator import UserError
+from model import GPT, GPTConfig
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+CHECKPOINT_NAME = 'ckpt.pt'
+MASK_GLYPH, WRONG_GLYPH = '\u2591', '\u2717' # how [MASK] and [WRONG] are shown in decoded text
+
+# ----------------------------------------------------------------------------
+# data
+
+def load_split(dataset, split):
+    """The uint16 token file of a prepared dataset, memory-mapped."""
+    path = os.path.join(DATA_DIR, dataset, f'{split}.bin')
+    if not os.path.isfile(path):
+        raise UserError(f"no {split} data at {path}: run python data/{dataset}/prepare.py first")
+    return np.memmap(path, dtype=np.uint16, mode='r')
+
+
+def dataset_vocab_size(dataset):
+    """vocab_size from data/<dataset>/meta.json, or None if the dataset has none."""
+    path = os.path.join(DATA_DIR, dataset, 'meta.json')
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        vocab_size = json.load(f)['vocab_size']
+    print(f"found vocab_size = {vocab_size} (inside {path})")
+    return vocab_size
+
+
+def get_batch(data, batch_size, block_size, generator, device):
+    """batch_size random windows of block_size + 1 tokens from data, drawn with generator
+    (a CPU torch.Generator, saved in checkpoints so a resumed run draws the same
+    batches). Returns (x, y): inputs and next-token targets, int64, on device."""
+    if len(data) <= block_size:
+        raise UserError(f"the data has {len(data)} tokens, fewer than block_size+1={block_size + 1}: lower block_size")
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    windows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix.tolist()]).astype(np.int64))
+    x, y = windows[:, :-1], windows[:, 1:]
+    if torch.device(device).type == 'cuda':
+        # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# ----------------------------------------------------------------------------
+# checkpoints
+
+def save_checkpoint(checkpoint, out_dir):
+    """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd) # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(out_dir, device='cpu'):
+    """Read out_dir/ckpt.pt with weights_only=True: loading never executes code."""
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train one with python train.py ... or fix --out_dir")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is corrupt or not a checkpoint; retrain or restore it")
+
+
+def model_from_checkpoint(checkpoint, device='cpu'):
+    """Rebuild the GPT of a checkpoint (loaded by load_checkpoint)."""
+    model = GPT(GPTConfig(**checkpoint['model_args']))
+    # torch.compile prefixes parameter names with _orig_mod.
+    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
+    model.load_state_dict(state_dict)
+    return model.to(device)
+
+
+def load_model(out_dir, device, model_type, script):
+    """(model in eval mode, checkpoint) from out_dir, refusing the other model type with a
+    message that names the script that handles it."""
+    checkpoint = load_checkpoint(out_dir, device)
+    found = checkpoint['model_args'].get('model_type', 'gpt2')
+    if found != model_type:
+        other = 'generate_diffusion.py' if found == 'diffusion' else 'sample.py'
+        raise UserError(f"{out_dir} holds a '{found}' model but {script} needs a '{model_type}' model: use {other}")
+    model = model_from_checkpoint(checkpoint, device)
+    model.eval()
+    return model, checkpoint
+
+
+# ----------------------------------------------------------------------------
+# tokenizers
+
+def gpt2_encoding():
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        raise UserError(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): it downloads it once, "
+                        "so run once with internet or set TIKTOKEN_CACHE_DIR to a folder that holds it")
+
+
+def load_tokenizer(dataset):
+    """(encode, decode) for a prepared dataset, from data/<dataset>/meta.json (plain JSON,
+    never pickle). decode shows [MASK] and [WRONG] as visible glyphs."""
+    path = os.path.join(DATA_DIR, dataset, 'meta.json')
+    if not os.path.isfile(path):
+        raise UserError(f"no tokenizer metadata at {path}: run python data/{dataset}/prepare.py first")
+    with open(path) as f:
+        meta = json.load(f)
+    vocab_size = meta['vocab_size']
+    specials = {vocab_size: MASK_GLYPH, vocab_size + 1: WRONG_GLYPH}
+    if meta['tokenizer'] == 'char':
+        itos = meta['itos']
+        stoi = {ch: i for i, ch in enumerate(itos)}
+
+        def encode(text):
+            unknown = sorted(set(text) - set(stoi))
+            if unknown:
+                raise UserError(f"characters {''.join(unknown)!r} are not in the {dataset} vocabulary: remove or replace them")
+            return [stoi[c] for c in text]
+
+        def decode(ids):
+            return ''.join(specials[i] if i >= vocab_size else itos[i] for i in ids)
+        return encode, decode
+    enc = gpt2_encoding()
+
+    def decode_bpe(ids):
+        # decode runs of ordinary tokens, and show the special tokens between them
+        out, run = [], []
+        for i in ids:
+            if i >= vocab_size:
+                out += [enc.decode(run), specials[i]]
+                run = []
+            else:
+                run.append(i)
+        return ''.join(out + [enc.decode(run)])
+    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), decode_bpe

@@ -1,0 +1,351 @@
+"""
+One GPT class, two kinds of language model, chosen by config.model_type:
+- 'gpt2': the classic autoregressive (causal) model, as in nanoGPT;
+- 'diffusion': the same transformer with bidirectional attention, logits for every
+  position and two extra tokens, [MASK] (still to be written) and [WRONG] (this token
+  is incorrect). How those tokens are trained and sampled lives in diffusion.py:
+  this file knows no training or sampling policy.
+References: OpenAI's GPT-2 (tensorflow) and HuggingFace's transformers GPT-2, via nanoGPT.
+"""
+
+import math
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, input):
+        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+def rotary_tables(seq_len, head_dim, device, base=10000.0):
+    """cos/sin tables for rotary position embeddings, shape (seq_len, head_dim/2)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate pairs (first half, second half) of the head dimension of x (B, nh, T, hs)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated * sin).type_as(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; causal for 'gpt2', bidirectional for 'diffusion'."""
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.causal = config.model_type == 'gpt2'
+
+    def forward(self, x, rotary=None, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        # the KV cache (AR generation only): keys/values of earlier positions are reused
+        if kv_cache is not None:
+            if kv_cache.get('k') is not None:
+                k = torch.cat([kv_cache['k'], k], dim=2)
+                v = torch.cat([kv_cache['v'], v], dim=2)
+            kv_cache['k'], kv_cache['v'] = k, v
+        # with a cache, the T new queries sit at the end of a longer key sequence, so the
+        # causal mask is the bottom-right block of the full one (T == 1 needs no mask at all)
+        causal = self.causal and T > 1
+        attn_mask = None
+        if causal and k.size(2) != T:
+            attn_mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
+            causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = SelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rotary=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), rotary, kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304 # GPT-2 vocab_size of 50257, padded up to nearest multiple of 64 for efficiency
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
+    model_type: str = 'gpt2' # 'gpt2' (causal, next token) or 'diffusion' (bidirectional, every position)
+    pos_encoding: str = 'learned' # 'learned' absolute positions (nanoGPT/GPT-2) or 'rope' (rotary on q/k)
+    mask_token_id: int = -1 # diffusion only: id of [MASK] (= base vocab size)
+    wrong_token_id: int = -1 # diffusion only: id of [WRONG] (= base vocab size + 1)
+    mask_logit_bias: float = 0.0 # diffusion only: added to the [MASK] logit; set by the training controller
+    time_conditioning: bool = False # diffusion only: add an embedding of the noise level to the input
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        assert config.model_type in ('gpt2', 'diffusion'), f"unknown model_type {config.model_type!r}"
+        assert config.pos_encoding in ('learned', 'rope'), f"unknown pos_encoding {config.pos_encoding!r}"
+        self.config = config
+
+        self.transformer = nn.ModuleDict(dict(
+            wte = nn.Embedding(config.vocab_size, config.n_embd),
+            drop = nn.Dropout(config.dropout),
+            h = nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f = LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        if config.pos_encoding == 'learned':
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head, 'cpu')
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
+        if config.time_conditioning:
+            # noise level t in [0,1] -> sinusoidal features -> a vector added to every position
+            self.time_mlp = nn.Sequential(nn.Linear(64, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.n_embd))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: https://paperswithcode.com/method/weight-tying
+        self.transformer.wte.weight = self.lm_head.weight
+        # a buffer (not a Python float) so that the training controller can change it
+        # without recompiling, and so that it is saved in the state dict
+        self.register_buffer('mask_logit_bias', torch.tensor(float(config.mask_logit_bias)))
+
+        self.apply(self._init_weights)
+        # scaled init of the residual projections, per the GPT-2 paper
+        for pn, p in self.named_parameters():
+            if pn.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02/math.sqrt(2 * config.n_layer))
+
+    def get_num_params(self, non_embedding=True):
+        """Number of parameters; position embeddings are subtracted by default (token
+        embeddings count, because they are tied to the output head)."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.pos_encoding == 'learned':
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, noise_level=None, kv_cache=None, pos_offset=0):
+        """idx (B, T) token ids. Returns (logits, loss).
+        gpt2: with targets, logits for every position and the next-token loss; without,
+        logits of the last position only (inference), as in nanoGPT.
+        diffusion: logits (B, T, V) for every position with the [MASK] bias applied; the
+        loss is diffusion.py's business, so loss is None. noise_level (B,) in [0,1] is
+        used when config.time_conditioning is on."""
+        device = idx.device
+        b, t = idx.size()
+        assert pos_offset + t <= self.config.block_size, f"Cannot forward sequence of length {pos_offset + t}, block size is only {self.config.block_size}"
+        x = self.transformer.wte(idx)
+        rotary = None
+        if self.config.pos_encoding == 'learned':
+            pos = torch.arange(pos_offset, pos_offset + t, dtype=torch.long, device=device)
+            x = x + self.transformer.wpe(pos)
+        else:
+            rotary = (self.rope_cos[pos_offset:pos_offset + t], self.rope_sin[pos_offset:pos_offset + t])
+        if self.config.time_conditioning:
+            assert noise_level is not None, "time_conditioning needs the noise level of each row"
+            x = x + self.time_mlp(timestep_features(noise_level, 64).to(x.dtype))[:, None, :]
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rotary, None if kv_cache is None else kv_cache[i])
+        x = self.transformer.ln_f(x)
+
+        if self.config.model_type == 'diffusion':
+            logits = self.lm_head(x)
+            # add the bias to the [MASK] column without an in-place write (autograd-safe)
+            bias = F.one_hot(torch.tensor(self.config.mask_token_id, device=device), self.config.vocab_size)
+            return logits + bias.to(logits.dtype) * self.mask_logit_bias.to(logits.dtype), None
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        # inference-time mini-optimization: only forward the lm_head on the very last position
+        return self.lm_head(x[:, [-1], :]), None
+
+    def crop_block_size(self, block_size):
+        """Model surgery to decrease the block size if necessary, e.g. to load the GPT-2
+        checkpoint (block size 1024) and use a smaller one."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        if self.config.pos_encoding == 'learned':
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        else:
+            self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
+
+    def to_diffusion(self):
+        """Model surgery that turns an autoregressive model into a diffusion model:
+        attention becomes bidirectional and the (tied) embedding and head grow by two
+        rows, [MASK] and [WRONG], placed right after the existing vocabulary. The new rows
+        start at the mean of the old embeddings plus a little noise: typical-looking
+        tokens whose logits start at the average level, not random directions."""
+        assert self.config.model_type == 'gpt2', "already a diffusion model"
+        old = self.transformer.wte.weight.data
+        new_rows = old.mean(0, keepdim=True) + 0.02 * torch.randn(2, old.size(1), device=old.device, dtype=old.dtype)
+        self.lm_head.weight = nn.Parameter(torch.cat([old, new_rows]))
+        self.transformer.wte.weight = self.lm_head.weight
+        base = old.size(0)
+        self.transformer.wte.num_embeddings = self.lm_head.out_features = self.config.vocab_size = base + 2
+        self.config.mask_token_id, self.config.wrong_token_id = base, base + 1
+        self.config.model_type = 'diffusion'
+        for block in self.transformer.h:
+            block.attn.causal = False
+
+    @classmethod
+    def from_pretrained(cls, model_type, override_args=None):
+        """Load OpenAI GPT-2 weights through HuggingFace transformers (imported lazily).
+        model_type is 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' or a local path
+        holding a HuggingFace GPT-2 checkpoint."""
+        override_args = override_args or {}
+        assert all(k in ('dropout',) for k in override_args), "only dropout can be overridden"
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise ImportError("loading GPT-2 weights needs the transformers package: pip install transformers")
+        print(f"loading weights from pretrained gpt: {model_type}")
+        model_hf = GPT2LMHeadModel.from_pretrained(model_type)
+        hf = model_hf.config
+        config = GPTConfig(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer,
+                           n_head=hf.n_head, n_embd=hf.n_embd, bias=True, **override_args)
+        model = GPT(config)
+        sd = model.state_dict()
+        sd_hf = model_hf.state_dict()
+        # HF uses Conv1D modules for these, so their weights are transposed
+        transposed = ['attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight']
+        keys_hf = [k for k in sd_hf if not k.endswith('.attn.masked_bias') and not k.endswith('.attn.bias')]
+        keys = [k for k in sd if k != 'mask_logit_bias']
+        assert len(keys_hf) == len(keys), f"mismatched keys: {len(keys_hf)} != {len(keys)}"
+        for k in keys_hf:
+            with torch.no_grad():
+                if any(k.endswith(w) for w in transposed):
+                    assert sd_hf[k].shape[::-1] == sd[k].shape
+                    sd[k].copy_(sd_hf[k].t())
+                else:
+                    assert sd_hf[k].shape == sd[k].shape
+                    sd[k].copy_(sd_hf[k])
+        return model
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
+        # 2D tensors (matmul weights, embeddings) decay; biases and layernorm gains don't
+        decay_params = [p for n, p in param_dict.items() if p.dim() >= 2]
+        nodecay_params = [p for n, p in param_dict.items() if p.dim() < 2]
+        optim_groups = [
+            {'params': decay_params, 'weight_decay': weight_decay},
+            {'params': nodecay_params, 'weight_decay': 0.0}
+        ]
+        num_decay_params = sum(p.numel() for p in decay_params)
+        num_nodecay_params = sum(p.numel() for p in nodecay_params)
+        print(f"num decayed parameter tensors: {len(decay_params)}, with {num_decay_params:,} parameters")
+        print(f"num non-decayed parameter tensors: {len(nodecay_params)}, with {num_nodecay_params:,} parameters")
+        # the fused AdamW is faster on CUDA
+        fused_available = 'fused' in inspect.signature(torch.optim.AdamW).parameters
+        use_fused = fused_available and device_type == 'cuda'
+        extra_args = dict(fused=True) if use_fused else dict()
+        optimizer = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+        print(f"using fused AdamW: {use_fused}")
+        return optimizer
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt):
+        """Model flops utilization in units of A100 bf16 peak FLOPS (312 TFLOPS), per the
+        PaLM paper Appendix B."""
+        N = self.get_num_params()
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd//cfg.n_head, cfg.block_size
+        flops_per_token = 6*N + 12*L*H*Q*T
+        flops_per_iter = flops_per_token * T * fwdbwd_per_iter
+        flops_achieved = flops_per_iter * (1.0/dt)
+        return flops_achieved / 312e12
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_kv_cache=True, generator=None):
+        """Autoregressive sampling: extend idx (B, T) by max_new_tokens tokens.
+        With use_kv_cache, each step feeds only the newest token and reuses the keys and
+        values of earlier ones; the result equals the uncached path. Once the sequence
+        outgrows block_size the context slides, every position moves, and the cache is
+        rebuilt from the cropped context at each step (exactly what the uncached path does)."""
+        assert self.config.model_type == 'gpt2', "generate() is autoregressive; diffusion models sample with diffusion.py"
+        kv_cache, cached_len = None, 0
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            if not use_kv_cache:
+                logits, _ = self(idx_cond)
+            elif kv_cache is not None and idx.size(1) <= self.config.block_size:
+                logits, _ = self(idx_cond[:, cached_len:], kv_cache=kv_cache, pos_offset=cached_len)
+            else:
+                kv_cache = [{} for _ in self.transformer.h]
+                logits, _ = self(idx_cond, kv_cache=kv_cache)
+            cached_len = idx_cond.size(1)
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float('Inf')
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+
+def timestep_features(t, dim):
+    """Sinusoidal features of a noise level t (B,) in [0,1], shape (B, dim)."""
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(dim // 2, device=t.device, dtype=torch.float32) / (dim // 2))
+    angles = 1000.0 * t.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)

@@ -1,0 +1,415 @@
+"""
+Training script for both kinds of model. Runs on a single device:
+$ python train.py config/train_shakespeare_diffusion_cpu.py
+or with DDP (NCCL on GPUs, gloo on CPUs), e.g. 8 GPUs on 1 node:
+$ torchrun --standalone --nproc_per_node=8 train.py config/train_shakespeare_diffusion.py
+model_type='gpt2' trains the autoregressive model exactly as nanoGPT does;
+model_type='diffusion' trains the bidirectional model to repair corrupted text, with
+loss_type='seed' (the [MASK]/[WRONG] task-weighted recipe) or 'elbo' (masked diffusion).
+"""
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import UserError, configure
+import diffusion
+from loading import dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint, save_checkpoint
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default config values designed to train a gpt2 (124M) on OpenWebText
+# I/O
+out_dir = 'out'
+eval_interval = 2000 # evaluate (and maybe checkpoint) every this many iterations
+log_interval = 1 # print a log line every this many iterations
+eval_iters = 200 # batches per split for each evaluation
+eval_only = False # if True, script exits right after the first eval
+always_save_checkpoint = True # if True, always save a checkpoint after each eval, else only when val improves
+init_from = 'scratch' # 'scratch', 'resume' (from out_dir), 'gpt2*' (OpenAI weights) or a directory with an AR checkpoint of this project
+# wandb logging
+wandb_log = False # disabled by default
+wandb_project = 'owt'
+wandb_run_name = 'gpt2' # 'run' + str(time.time())
+# data
+dataset = 'openwebtext'
+gradient_accumulation_steps = 5 * 8 # micro-batches per optimizer step, summed over all processes
+batch_size = 12 # rows per micro-batch
+block_size = 1024
+# model
+model_type = 'gpt2' # 'gpt2' (autoregressive) or 'diffusion'
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0 # for pretraining 0 is good, for finetuning try 0.1+
+bias = False # do we use bias inside LayerNorm and Linear layers?
+pos_encoding = 'learned' # 'learned' (nanoGPT/GPT-2) or 'rope'; diffusion wants 'rope' (see README)
+time_conditioning = False # diffusion: feed the noise level of each row to the model
+# diffusion objective
+loss_type = 'seed' # 'seed': [MASK] + random tokens -> [WRONG], task-weighted; 'elbo': mask-only, ELBO-weighted
+noise_schedule = 'linear' # elbo: fraction masked at time t, 'linear' (t) or 'cosine' (1 - cos(pi t / 2))
+guaranteed_correct_factor = 0.0 # seed: at most 1 - this fraction of a row is corrupted
+penalty_mask_correct = 0.5 # seed: final weight of keeping a correct token right (destructive-edit penalty)
+masking_warmup_iters = 1000 # seed: iterations over which that penalty ramps from 0
+proofreading_warmup_iters = 1000 # seed: iterations over which the random-token ([WRONG]) share ramps from 0 to 1
+weight_unmask_task = 1.0 # seed: weight of filling in a [MASK]
+weight_remask_task = 1.0 # seed: weight of flagging a random token as [WRONG]
+reward_correct_unmask = 0.1 # seed: smallest weight of an un-masking position the model already gets right
+# [MASK] logit-bias controller
+target_mask_prob = 0.5 # the mean p([MASK]) at masked positions the controller steers toward
+mask_bias_gain = 0.1 # controller gain in log-odds per step (0 switches it off)
+mask_bias_limit = 20.0 # guard clamp on the bias
+# adamw optimizer
+learning_rate = 6e-4 # max learning rate
+max_iters = 600000 # total number of training iterations
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0 # clip gradients at this value, or disable if == 0.0
+# learning rate decay settings
+decay_lr = True # whether to decay the learning rate
+warmup_iters = 2000 # how many steps to warm up for
+lr_decay_iters = 600000 # should be ~= max_iters per Chinchilla
+min_lr = 6e-5 # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
+# system
+backend = 'auto' # DDP backend: 'auto' picks nccl on CUDA and gloo otherwise
+device = 'auto' # 'auto' (cuda > mps > cpu), or 'cpu', 'cuda', 'cuda:0', 'mps'
+dtype = 'auto' # 'auto': bfloat16 on CUDA if supported else float16; float32 elsewhere
+compile = True # use PyTorch 2.0 to compile the model to be faster
+seed = 1337
+# -----------------------------------------------------------------------------
+config = configure(globals()) # overrides from command line or config file
+# -----------------------------------------------------------------------------
+if model_type not in ('gpt2', 'diffusion'):
+    raise UserError(f"model_type must be 'gpt2' or 'diffusion', not {model_type!r}")
+if loss_type not in ('seed', 'elbo'):
+    raise UserError(f"loss_type must be 'seed' or 'elbo', not {loss_type!r}")
+if not 0 < target_mask_prob < 1:
+    raise UserError(f"target_mask_prob must be strictly between 0 and 1, not {target_mask_prob}")
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
+if dtype == 'auto':
+    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+
+# various inits, derived attributes, I/O setup
+ddp = int(os.environ.get('RANK', -1)) != -1 # is this a ddp run?
+if ddp:
+    if backend == 'auto':
+        backend = 'nccl' if device_type == 'cuda' else 'gloo'
+    dist.init_process_group(backend=backend)
+    ddp_rank = int(os.environ['RANK'])
+    ddp_local_rank = int(os.environ['LOCAL_RANK'])
+    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    if device_type == 'cuda':
+        device = f'cuda:{ddp_local_rank}'
+        torch.cuda.set_device(device)
+    master_process = ddp_rank == 0 # this process will do logging, checkpointing etc.
+    seed_offset = ddp_rank # each process gets a different seed
+else:
+    ddp_rank, ddp_world_size, master_process, seed_offset = 0, 1, True, 0
+# each optimizer step sees gradient_accumulation_steps * batch_size rows in all; the
+# processes share them out: whole micro-batches when they divide evenly (nanoGPT), else
+# every process runs one micro-batch of a share of the rows (e.g. 1 x 64 rows on 8 GPUs)
+total_rows = gradient_accumulation_steps * batch_size
+if gradient_accumulation_steps % ddp_world_size == 0:
+    gradient_accumulation_steps //= ddp_world_size
+elif total_rows % ddp_world_size == 0 and ddp_world_size % gradient_accumulation_steps == 0:
+    gradient_accumulation_steps, batch_size = 1, total_rows // ddp_world_size
+else:
+    raise UserError(f"{gradient_accumulation_steps} micro-batches of {batch_size} rows cannot be shared by "
+                    f"{ddp_world_size} processes: make gradient_accumulation_steps or batch_size*gradient_accumulation_steps a multiple of it")
+tokens_per_iter = total_rows * block_size
+if master_process:
+    print(f"tokens per iteration will be: {tokens_per_iter:,}")
+    os.makedirs(out_dir, exist_ok=True)
+torch.manual_seed(seed + seed_offset)
+torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
+torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+# data: batches are drawn with our own generators, saved in checkpoints for exact resume
+train_data, val_data = load_split(dataset, 'train'), load_split(dataset, 'val')
+data_generator = torch.Generator().manual_seed(seed + seed_offset)
+noise_generator = torch.Generator(device=device).manual_seed(seed + 1000 + seed_offset) # corruption noise
+meta_vocab_size = dataset_vocab_size(dataset)
+
+# model init
+iter_num = 0
+best_val_loss = 1e9
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                  dropout=dropout, pos_encoding=pos_encoding, time_conditioning=time_conditioning)
+checkpoint = None
+if init_from == 'scratch':
+    print("Initializing a new model from scratch")
+    base_vocab = meta_vocab_size if meta_vocab_size is not None else 50304
+    if meta_vocab_size is None:
+        print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
+    model_args['model_type'] = model_type
+    if model_type == 'diffusion':
+        model_args.update(vocab_size=base_vocab + 2, mask_token_id=base_vocab, wrong_token_id=base_vocab + 1)
+    else:
+        model_args['vocab_size'] = base_vocab
+    model = GPT(GPTConfig(**model_args))
+elif init_from == 'resume':
+    print(f"Resuming training from {out_dir}")
+    checkpoint = load_checkpoint(out_dir, device)
+    # the architecture comes from the checkpoint; the rest of the config can change
+    model_args = checkpoint['model_args']
+    if model_args['model_type'] != model_type:
+        raise UserError(f"{out_dir} holds a '{model_args['model_type']}' model but model_type is '{model_type}': set --model_type={model_args['model_type']}")
+    model = model_from_checkpoint(checkpoint)
+    iter_num = checkpoint['iter_num']
+    best_val_loss = checkpoint['best_val_loss']
+else:
+    if init_from.startswith('gpt2'):
+        print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
+        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    else:
+        print(f"Initializing from the autoregressive checkpoint in {init_from}")
+        source = load_checkpoint(init_from)
+        if source['model_args']['model_type'] != 'gpt2':
+            raise UserError(f"{init_from} holds a '{source['model_args']['model_type']}' model; init_from a directory needs an autoregressive one (to continue a run use init_from='resume')")
+        model = model_from_checkpoint(source)
+        model.config.dropout = dropout
+    if meta_vocab_size is not None and model.config.vocab_size != meta_vocab_size:
+        raise UserError(f"{init_from} has a vocabulary of {model.config.vocab_size} tokens but {dataset} has {meta_vocab_size}: train on the same tokenizer")
+    if model_type == 'diffusion':
+        if time_conditioning:
+            raise UserError("time_conditioning is not available when starting from an autoregressive model: set --time_conditioning=False")
+        model.to_diffusion() # bidirectional attention, embedding grown by [MASK] and [WRONG]
+    model_args = asdict(model.config)
+if block_size < model.config.block_size:
+    model.crop_block_size(block_size) # model surgery to a smaller context
+model_args = asdict(model.config)
+model.to(device)
+diffusion_mode = model.config.model_type == 'diffusion'
+mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
+
+# initialize a GradScaler. If enabled=False scaler is a no-op
+scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
+
+# optimizer
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    data_generator.set_state(checkpoint['rng']['data'][seed_offset].cpu())
+    noise_generator.set_state(checkpoint['rng']['noise'][seed_offset].cpu())
+    torch.set_rng_state(checkpoint['rng']['torch'][seed_offset].cpu())
+    if device_type == 'cuda' and checkpoint['rng'].get('cuda') is not None:
+        torch.cuda.set_rng_state(checkpoint['rng']['cuda'][seed_offset].cpu())
+checkpoint = None # free up memory
+
+# compile the model
+raw_model = model
+if compile:
+    print("compiling the model... (takes a ~minute)")
+    model = torch.compile(model) # requires PyTorch 2.0
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+
+
+def model_loss(x, y, generator, it):
+    """Loss of one micro-batch and detached diagnostics. For diffusion, x is clean text
+    that gets corrupted here (y is unused): the seed recipe at curriculum step it, or
+    mask-only corruption for the ELBO."""
+    if not diffusion_mode:
+        with ctx:
+            _, loss = model(x, y)
+        return loss, {}
+    if loss_type == 'elbo':
+        inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(x, generator, mask_id, noise_schedule)
+        with ctx:
+            logits, _ = model(inputs, noise_level=noise_level)
+        loss, stats = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id)
+    else:
+        penalty, remask_ratio = diffusion.get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters)
+        inputs, targets, noise_level = diffusion.corrupt(x, generator, mask_id, wrong_id, guaranteed_correct_factor, remask_ratio)
+        with ctx:
+            logits, _ = model(inputs, noise_level=noise_level)
+        loss, stats = diffusion.task_weighted_loss(logits, inputs, targets, noise_level, mask_id, wrong_id,
+                                                   weight_unmask_task, weight_remask_task, penalty, reward_correct_unmask)
+    stats['p_mask'], stats['logit_gap'] = diffusion.mask_statistics(logits, inputs, mask_id, raw_model.mask_logit_bias)
+    return loss, stats
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss on fixed batches of each split (same seeds at every eval, so evals are
+    comparable). Diffusion adds the masked val CE at fixed masking fractions; the seed
+    objective is evaluated at the end of its curriculum."""
+    out = {}
+    model.eval()
+    for split, data in (('train', train_data), ('val', val_data)):
+        batch_generator = torch.Generator().manual_seed(seed + seed_offset)
+        eval_noise = torch.Generator(device=device).manual_seed(seed + 1 + seed_offset)
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            x, y = get_batch(data, batch_size, block_size, batch_generator, device)
+            losses[k] = model_loss(x, y, eval_noise, max(max_iters, masking_warmup_iters, proofreading_warmup_iters))[0].item()
+        out[split] = losses.mean().item()
+    if diffusion_mode:
+        for fraction in (0.15, 0.5, 0.9):
+            batch_generator = torch.Generator().manual_seed(seed + seed_offset)
+            eval_noise = torch.Generator(device=device).manual_seed(seed + 2 + seed_offset)
+            losses = torch.zeros(eval_iters)
+            for k in range(eval_iters):
+                x, _ = get_batch(val_data, batch_size, block_size, batch_generator, device)
+                inputs = diffusion.corrupt_fixed_fraction(x, eval_noise, mask_id, fraction)
+                with ctx:
+                    logits, _ = model(inputs, noise_level=torch.full((x.size(0),), fraction, device=device))
+                losses[k] = diffusion.masked_cross_entropy(logits, inputs, x, mask_id).item()
+            out[f'masked{int(fraction * 100)}'] = losses.mean().item()
+    model.train()
+    return out
+
+
+def get_lr(it):
+    """learning rate decay scheduler (cosine with warmup)"""
+    if it < warmup_iters: # 1) linear warmup for warmup_iters steps
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters: # 2) if it > lr_decay_iters, return min learning rate
+        return min_lr
+    # 3) in between, use cosine decay down to min learning rate
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) # coeff ranges 0..1
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def gather_states(state):
+    """The RNG state of every process, so a resumed DDP run restores each rank's own."""
+    if not ddp:
+        return [state]
+    states = [None] * ddp_world_size
+    dist.all_gather_object(states, state.cpu())
+    return states
+
+
+def save():
+    raw_model.config.mask_logit_bias = raw_model.mask_logit_bias.item() # generation applies the same bias
+    rng = {'data': gather_states(data_generator.get_state()), 'noise': gather_states(noise_generator.get_state()),
+           'torch': gather_states(torch.get_rng_state()),
+           'cuda': gather_states(torch.cuda.get_rng_state()) if device_type == 'cuda' else None}
+    if master_process:
+        print(f"saving checkpoint to {out_dir}")
+        save_checkpoint({'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
+                         'model_args': asdict(raw_model.config), 'iter_num': iter_num,
+                         'best_val_loss': best_val_loss, 'config': config, 'rng': rng}, out_dir)
+
+
+def stop_if_nonfinite(nonfinite):
+    if nonfinite.item():
+        raise UserError(f"the loss became NaN/inf before iteration {iter_num}: lower learning_rate or use dtype=float32; "
+                        f"the last good checkpoint in {out_dir} was kept")
+
+
+# logging
+if wandb_log and master_process:
+    import wandb
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+# training loop
+t0 = t_start = time.time()
+iter_start = iter_num
+local_iter_num = 0 # number of iterations in the lifetime of this process
+running_mfu = -1.0
+nonfinite = torch.zeros((), dtype=torch.bool, device=device) # checked without a sync at every step
+while True:
+    # determine and set the learning rate for this iteration
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    # evaluate the loss on train/val sets and write checkpoints
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        stop_if_nonfinite(nonfinite)
+        losses = estimate_loss()
+        if ddp: # every rank evaluated its own batches: report their mean
+            values = torch.tensor(list(losses.values()), device=device)
+            dist.all_reduce(values) # a sum: gloo has no average
+            losses = dict(zip(losses, (values / ddp_world_size).tolist()))
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise UserError(f"the evaluation loss is NaN/inf at iteration {iter_num}: lower learning_rate; the last good checkpoint in {out_dir} was kept")
+        if master_process:
+            extra = ''
+            if diffusion_mode:
+                extra = f", masked val CE 15/50/90%: {losses['masked15']:.4f}/{losses['masked50']:.4f}/{losses['masked90']:.4f}"
+                if loss_type == 'elbo':
+                    extra += f", val bound {losses['val']:.4f} nats/token = {losses['val'] / math.log(2):.4f} bits/token"
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{extra}")
+            if wandb_log:
+                wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
+                           "mfu": running_mfu*100, **{f"val/{k}": v for k, v in losses.items() if k.startswith('masked')}})
+        if losses['val'] < best_val_loss or always_save_checkpoint:
+            best_val_loss = min(best_val_loss, losses['val'])
+            if iter_num > 0:
+                save()
+    if iter_num >= max_iters or eval_only:
+        break
+
+    # forward backward update, with optional gradient accumulation to simulate larger batch size
+    # and using the GradScaler if data type is float16
+    stat_sums = {}
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:
+            # only sync gradients at the last micro step (DDP's no_sync, the nanoGPT way)
+            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
+        X, Y = get_batch(train_data, batch_size, block_size, data_generator, device)
+        loss, stats = model_loss(X, Y, noise_generator, iter_num)
+        nonfinite |= ~torch.isfinite(loss.detach())
+        for k, v in stats.items():
+            stat_sums[k] = stat_sums.get(k, 0) + v / gradient_accumulation_steps
+        loss = loss / gradient_accumulation_steps # scale the loss to account for gradient accumulation
+        scaler.scale(loss).backward()
+    # clip the gradient
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # step the optimizer and scaler if training in fp16
+    scaler.step(optimizer)
+    scaler.update()
+    # flush the gradients as soon as we can, no need for this memory anymore
+    optimizer.zero_grad(set_to_none=True)
+    if diffusion_mode and mask_bias_gain > 0:
+        # the controller: every rank sees the mean over all ranks, so all apply the same bias
+        p_mask = stat_sums['p_mask'].detach().clone()
+        if ddp:
+            dist.all_reduce(p_mask)
+            p_mask /= ddp_world_size
+        raw_model.mask_logit_bias.copy_(diffusion.update_mask_bias(raw_model.mask_logit_bias, p_mask, target_mask_prob, mask_bias_gain, mask_bias_limit))
+
+    # timing and logging
+    t1 = time.time()
+    dt = t1 - t0
+    t0 = t1
+    iter_num += 1
+    local_iter_num += 1
+    if iter_num % log_interval == 0:
+        stop_if_nonfinite(nonfinite)
+    if iter_num % log_interval == 0 and master_process:
+        # get loss as float. note: this is a CPU-GPU sync point
+        lossf = loss.item() * gradient_accumulation_steps
+        if local_iter_num >= 5: # let the training loop settle a bit
+            mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt)
+            running_mfu = mfu if running_mfu == -1.0 else 0.9*running_mfu + 0.1*mfu
+        elapsed = t1 - t_start
+        eta = elapsed / (iter_num - iter_start) * (max_iters - iter_num)
+        line = (f"iter {iter_num}: loss {lossf:.4f}, time {dt*1000:.2f}ms, {tokens_per_iter / dt:,.0f} tok/s, "
+                f"mfu {running_mfu*100:.2f}%, eta {eta / 60:.1f}min")
+        if diffusion_mode:
+            line += ' | ' + ', '.join(f"{k} {v.item():.3f}" for k, v in stat_sums.items())
+            line += f", bias {raw_model.mask_logit_bias.item():.3f}"
+            if loss_type == 'seed':
+                penalty, remask_ratio = diffusion.get_corruption_scheduler(iter_num, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters)
+                line += f", penalty {penalty:.2f}, remask_ratio {remask_ratio:.2f}"
+        print(line)
+
+if ddp:
+    dist.destroy_process_group()
