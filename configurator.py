@@ -30,7 +30,9 @@ class UserError(Exception):
 
 def _excepthook(exc_type, exc, tb):
     if issubclass(exc_type, UserError):
-        print(f"error: {exc}", file=sys.stderr)
+        # sys.__stderr__, not sys.stderr: torch.distributed wraps this hook with one that
+        # buffers sys.stderr and would drop the message when sys.exit leaves the hook
+        print(f"error: {exc}", file=sys.__stderr__, flush=True)
         sys.exit(2)
     sys.__excepthook__(exc_type, exc, tb)
 

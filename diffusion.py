@@ -186,3 +186,193 @@ def update_mask_bias(bias, mean_p_mask, target_mask_prob, gain, limit):
     p = mean_p_mask.clamp(1e-6, 1 - 1e-6)
     error = math.log(target_mask_prob / (1 - target_mask_prob)) - torch.log(p / (1 - p))
     return (bias + gain * error).clamp(-limit, limit)
+
+
+# ----------------------------------------------------------------------------
+# samplers
+# A sampler gets x (B, T): [MASK] at the positions to write, fixed tokens (a prompt or
+# a template) everywhere else, which it never changes. It returns the written tokens,
+# with no [MASK] or [WRONG] left, and the number of forward passes it used.
+
+def filter_logits(logits, temperature, top_k=None, top_p=None):
+    """Logits reshaped for sampling from softmax(result): divided by temperature, then
+    everything outside the top_k tokens and outside the smallest set whose probability
+    reaches top_p set to -inf. Temperature 0 keeps only the argmax (greedy)."""
+    logits = logits.float()
+    if temperature == 0:
+        return torch.full_like(logits, float('-inf')).scatter(-1, logits.argmax(-1, keepdim=True), 0.0)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the more likely ones already reach top_p (the first always stays)
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
+    return logits
+
+
+def sample_tokens(logits, temperature, top_k, top_p, generator):
+    """One token per position from logits (..., V), through filter_logits."""
+    logits = filter_logits(logits, temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(-1) # no random draw, so greedy sampling is deterministic
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.view(-1, probs.size(-1)), 1, generator=generator).view(probs.shape[:-1])
+
+
+def forbid(logits, *token_ids):
+    """logits with the given token ids made impossible."""
+    keep = torch.ones(logits.size(-1), dtype=torch.bool, device=logits.device)
+    keep[list(token_ids)] = False
+    return logits.masked_fill(~keep, float('-inf'))
+
+
+def denoiser_logits(model, x):
+    """Float logits of a diffusion model on x; the noise level of each row, for a model
+    with time conditioning, is the fraction of its positions still masked."""
+    noise_level = (x == model.config.mask_token_id).float().mean(1)
+    logits, _ = model(x, noise_level=noise_level)
+    return logits.float()
+
+
+@torch.no_grad()
+def refine_sample(model, x, max_steps, temperature=1.0, top_k=None, top_p=None, generator=None, on_step=None):
+    """The seed's loop. Each step samples every position from the model (with its [MASK]
+    bias): a [MASK] position takes the sample, where sampling [MASK] (or [WRONG], which is
+    no word) means "defer"; a written token for which the model samples [WRONG] goes back
+    to [MASK], to be rewritten. It stops when no [MASK] is left or after max_steps steps;
+    a final pass then fills what is left with [MASK] and [WRONG] forbidden.
+    on_step(step, tokens) is called after every forward pass.
+    Returns (tokens, forward_passes)."""
+    mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
+    fixed = x != mask_id
+    passes = 0
+    while passes < max_steps and (x == mask_id).any(): # one host sync per step, not per row
+        masked = x == mask_id
+        sampled = sample_tokens(denoiser_logits(model, x), temperature, top_k, top_p, generator)
+        passes += 1
+        flagged = ~fixed & ~masked & (sampled == wrong_id)
+        x = torch.where(masked & (sampled != wrong_id), sampled, x)
+        x = torch.where(flagged, mask_id, x)
+        if on_step is not None:
+            on_step(passes, x)
+    masked = x == mask_id
+    if masked.any():
+        words = forbid(denoiser_logits(model, x), mask_id, wrong_id)
+        x = torch.where(masked, sample_tokens(words, temperature, top_k, top_p, generator), x)
+        passes += 1
+        if on_step is not None:
+            on_step(passes, x)
+    return x, passes
+
+
+def masked_fraction(progress, schedule):
+    """Fraction of the positions to write that are still masked after a share progress
+    in [0, 1] of the steps: 1 at the start, 0 at the end."""
+    if schedule == 'linear':
+        return 1.0 - progress
+    if schedule == 'cosine': # MaskGIT's choice: few tokens first, while the context is poor
+        return math.cos(0.5 * math.pi * progress)
+    raise ValueError(f"unknown schedule {schedule!r} (use 'linear' or 'cosine')")
+
+
+@torch.no_grad()
+def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k=None, top_p=None,
+                      generator=None, remask='none', on_step=None):
+    """MaskGIT/LLaDA-style sampling. Each step proposes a word at every masked position
+    ([MASK] and [WRONG] forbidden) and commits the most confident proposals (confidence =
+    the model's probability of the proposed word, at temperature 1, so that greedy
+    sampling still ranks them), keeping masked the share of the schedule: a row with n
+    masked positions at step s keeps floor(n * m((s+1)/steps) / m(s/steps)), which is 0 at
+    the last step. The count is taken per row from the current masks, so positions sent
+    back to [MASK] join the budget of the remaining steps. remask:
+      'none'            written tokens stay;
+      'wrong'           a written token whose argmax (over all but [MASK]) is [WRONG] goes
+                        back to [MASK] (self-correction), at every step but the last;
+      'low_confidence'  ReMDM-like: written tokens compete with the proposals; a row keeps
+                        the most confident of both (a written token's confidence is the
+                        probability of its current word against the other words and
+                        [WRONG]), so a doubtful one may go back to [MASK] while a better
+                        proposal is committed instead, at every step but the last.
+    At most `steps` forward passes; on_step(step, tokens) is called after each.
+    Returns (tokens, forward_passes)."""
+    if steps < 1:
+        raise ValueError(f"confidence_sample needs steps >= 1, got {steps}")
+    if remask not in ('none', 'wrong', 'low_confidence'):
+        raise ValueError(f"unknown remask {remask!r} (use 'none', 'wrong' or 'low_confidence')")
+    mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
+    fixed = x != mask_id
+    passes = 0
+    for step in range(steps):
+        masked = x == mask_id
+        if not masked.any(): # one host sync per step, not per row
+            break
+        logits = denoiser_logits(model, x)
+        words = forbid(logits, mask_id, wrong_id)
+        proposal = sample_tokens(words, temperature, top_k, top_p, generator)
+        last = step == steps - 1
+        n_masked = masked.sum(1)
+        # floor(n * ratio), nudged up so that float rounding cannot take an exact integer one
+        # below it, and at least one token written per step; 0 at the last step
+        ratio = masked_fraction((step + 1) / steps, schedule) / masked_fraction(step / steps, schedule)
+        keep_masked = torch.minimum((n_masked * (ratio * (1 + 1e-6))).long(), n_masked - 1).clamp(min=0)
+        if remask == 'low_confidence' and not last:
+            # candidates: every non-fixed position, with its proposal or its current word;
+            # a current word competes with [WRONG] (which is how the model doubts it)
+            candidate = torch.where(masked, proposal, x)
+            confidence = torch.where(masked, token_probs(words, proposal), token_probs(forbid(logits, mask_id), x))
+            confidence = confidence.masked_fill(fixed, float('-inf'))
+            n_written = (~fixed).sum(1) - keep_masked
+            write = ~fixed & (rank_descending(confidence) < n_written[:, None])
+            x = torch.where(fixed, x, torch.where(write, candidate, mask_id))
+        else:
+            confidence = token_probs(words, proposal).masked_fill(~masked, float('-inf'))
+            commit = masked & (rank_descending(confidence) < (n_masked - keep_masked)[:, None])
+            x_new = torch.where(commit, proposal, x)
+            if remask == 'wrong' and not last:
+                flagged = ~fixed & ~masked & (forbid(logits, mask_id).argmax(-1) == wrong_id)
+                x_new = torch.where(flagged, mask_id, x_new)
+            x = x_new
+        passes += 1
+        if on_step is not None:
+            on_step(passes, x)
+    return x, passes
+
+
+def token_probs(logits, tokens):
+    """softmax(logits) at the given tokens, (B, T), without a (B, T, V) softmax."""
+    return (logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)).exp()
+
+
+def rank_descending(scores):
+    """Rank of each entry within its row, 0 for the largest: comparing it with a (B, 1)
+    tensor of counts selects a different number of top entries in each row."""
+    return scores.argsort(-1, descending=True).argsort(-1)
+
+
+@torch.no_grad()
+def wrong_flags(model, tokens, fixed=None):
+    """(B, T) bool: the positions whose argmax over everything but [MASK] is [WRONG],
+    i.e. the tokens the model says are incorrect; positions in fixed are never flagged."""
+    logits = forbid(denoiser_logits(model, tokens), model.config.mask_token_id)
+    flags = logits.argmax(-1) == model.config.wrong_token_id
+    return flags if fixed is None else flags & ~fixed
+
+
+@torch.no_grad()
+def proofread(model, tokens, steps, fixed=None, **sampling_kwargs):
+    """Flag the incorrect tokens of a text (wrong_flags), send them back to [MASK] and
+    rewrite them with confidence_sample(steps, **sampling_kwargs); every other position
+    stays as it was. An on_step in sampling_kwargs sees the flagged text as step 1.
+    Returns (flags, corrected tokens, forward_passes)."""
+    flags = wrong_flags(model, tokens, fixed)
+    x = torch.where(flags, model.config.mask_token_id, tokens)
+    on_step = sampling_kwargs.pop('on_step', None)
+    if on_step is not None:
+        on_step(1, x)
+        sampling_kwargs['on_step'] = lambda step, t: on_step(step + 1, t)
+    corrected, passes = confidence_sample(model, x, steps, **sampling_kwargs)
+    return flags, corrected, passes + 1

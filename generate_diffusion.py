@@ -1,0 +1,270 @@
+"""
+Write text with a diffusion model of this project: start from [MASK] tokens and refine
+the whole sequence in parallel, a few forward passes in all.
+$ python generate_diffusion.py --out_dir=out-shakespeare-diffusion
+$ python generate_diffusion.py --start="ROMEO:" --show_steps=True --trajectory=steps.html
+$ python generate_diffusion.py --template="ROMEO:\\n[MASK*100]\\nJULIET:\\n[MASK*100]"
+$ python generate_diffusion.py --proofread="FILE:draft.txt"
+Prompts: `start` is a prefix, and the rest of the `length` tokens are written.
+`template` is a whole sequence with placeholders: [MASK] is one token to write, [MASK*N]
+is N of them (tokens are characters for a char-level dataset, GPT-2 BPE tokens
+otherwise); everything else is kept as written. `proofread` is a text the model checks:
+the tokens it flags as [WRONG] are rewritten, the rest are kept. Each of the three takes
+text or FILE:path; in text typed on the command line, \\n stands for a newline.
+Masks are shown as \u2591, flagged tokens as \u2717.
+"""
+
+import html
+import json
+import os
+import re
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from configurator import UserError, configure
+import diffusion
+from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer
+
+# -----------------------------------------------------------------------------
+out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (ckpt.pt)
+start = '' # prefix prompt, or "FILE:path"; '' = write from scratch
+template = '' # a whole sequence with [MASK] / [MASK*N] placeholders to fill in, or "FILE:path"
+proofread = '' # a text to check and correct, or "FILE:path"
+num_samples = 4 # samples drawn in parallel, as one batch
+length = None # tokens per sample, prompt included; None = the model's block_size
+sampler = 'confidence' # 'confidence' (commit the surest tokens, a fixed number of steps) or 'refine' (the seed's loop)
+steps = 64 # confidence (and proofread): forward passes to write all masked tokens
+max_steps = 100 # refine: steps before one last pass fills whatever is still masked
+schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
+remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
+temperature = 0.8 # 1.0 = the model's distribution, < 1.0 more conservative, 0 = greedy
+top_k = None # sample only among the top_k most likely tokens (None = all)
+top_p = None # sample only among the most likely tokens of total probability top_p (None = all)
+seed = 1337
+device = 'auto' # 'auto' (cuda > mps > cpu), or 'cpu', 'cuda', 'cuda:0', 'mps'
+dtype = 'auto' # 'auto': bfloat16 on CUDA if supported else float16; float32 elsewhere
+show_steps = False # redraw the first sample in the terminal after every step
+trajectory = '' # path of a self-contained .html page that replays the first sample step by step
+output = '' # also write the samples to this file
+# -----------------------------------------------------------------------------
+configure(globals())
+# -----------------------------------------------------------------------------
+SEPARATOR = '---------------'
+PLACEHOLDER = re.compile(r'\[MASK(?:\*(\d+))?\]')
+
+
+def read_text(value, name):
+    """The text of an option: the contents of FILE:path, or as typed, where \\n stands for
+    a newline (a shell passes "\\n" on as a backslash and an n)."""
+    if not value.startswith('FILE:'):
+        return value.replace('\\n', '\n')
+    path = value[len('FILE:'):]
+    if not os.path.isfile(path):
+        raise UserError(f"--{name}: no file at {path}")
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+def parse_template(text, encode, mask_id):
+    """Token ids of a template: its text encoded, each [MASK*N] as N [MASK] tokens."""
+    ids, pos = [], 0
+    for m in PLACEHOLDER.finditer(text):
+        ids += encode(text[pos:m.start()]) + [mask_id] * int(m.group(1) or 1)
+        pos = m.end()
+    if mask_id not in ids:
+        raise UserError("--template has nothing to fill in: add [MASK] (one token) or [MASK*N] (N tokens)")
+    return ids + encode(text[pos:])
+
+
+# the options, checked before the (slow) model loading
+if sum(bool(v) for v in (start, template, proofread)) > 1:
+    raise UserError("set only one of --start (a prefix), --template (placeholders anywhere) and --proofread")
+if (template or proofread) and length is not None:
+    raise UserError(f"--length does not go with --{'template' if template else 'proofread'}: the text sets the length")
+if sampler not in ('confidence', 'refine'):
+    raise UserError(f"sampler must be 'confidence' or 'refine', not {sampler!r}")
+if schedule not in ('cosine', 'linear'):
+    raise UserError(f"schedule must be 'cosine' or 'linear', not {schedule!r}")
+if remask not in ('none', 'wrong', 'low_confidence'):
+    raise UserError(f"remask must be 'none', 'wrong' or 'low_confidence', not {remask!r}")
+if sampler == 'refine' and (remask != 'none' or proofread):
+    raise UserError(f"--{'remask' if remask != 'none' else 'proofread'} works with the confidence sampler: drop --sampler=refine "
+                    "(refine always rewrites the tokens it flags as [WRONG])")
+if steps < 1 or max_steps < 0 or num_samples < 1:
+    raise UserError("steps and num_samples must be at least 1 and max_steps at least 0")
+if temperature < 0:
+    raise UserError(f"temperature must be >= 0 (0 = greedy), not {temperature}")
+if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    raise UserError(f"top_k must be a positive integer or None, not {top_k!r}")
+if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    raise UserError(f"top_p must be a number in (0, 1] or None, not {top_p!r}")
+if length is not None and (not isinstance(length, int) or length < 1):
+    raise UserError(f"length must be a positive integer or None, not {length!r}")
+if trajectory and not trajectory.endswith('.html'):
+    raise UserError(f"--trajectory writes an HTML page: give it a path ending in .html, not {trajectory!r}")
+
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
+if dtype == 'auto':
+    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
+torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+model, checkpoint = load_model(out_dir, device, 'diffusion', 'generate_diffusion.py')
+encode, decode = load_tokenizer(checkpoint['config']['dataset'])
+block_size, mask_id, wrong_id = model.config.block_size, model.config.mask_token_id, model.config.wrong_token_id
+
+# the starting sequence: [MASK] where the model writes, fixed tokens everywhere else
+if proofread or template:
+    if proofread:
+        ids = encode(read_text(proofread, 'proofread'))
+        if not ids:
+            raise UserError("--proofread got an empty text")
+    else:
+        ids = parse_template(read_text(template, 'template'), encode, mask_id)
+    if len(ids) > block_size:
+        raise UserError(f"the {'text' if proofread else 'template'} is {len(ids)} tokens, longer than the model's block_size {block_size}")
+else:
+    prompt = encode(read_text(start, 'start'))
+    total = block_size if length is None else length
+    if total > block_size:
+        raise UserError(f"length {total} is longer than the model's block_size {block_size}: use --length={block_size} or less")
+    if len(prompt) >= total:
+        raise UserError(f"the prompt has {len(prompt)} tokens, so length {total} leaves nothing to write: "
+                        f"{'raise --length or ' if total < block_size else ''}shorten --start")
+    ids = prompt + [mask_id] * (total - len(prompt))
+x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(num_samples, 1)
+
+
+# watching it think: the first sample after every forward pass
+def render(row, prev, colour):
+    """The text of a sequence, masks as glyphs; with colour, tokens written in this step
+    in green and tokens sent back to [MASK] in red (ANSI escape codes)."""
+    parts = []
+    for t, p in zip(row, prev):
+        text = decode([t])
+        if colour and t == mask_id:
+            text = f"\x1b[{'31' if p != mask_id else '2'}m{text}\x1b[0m"
+        elif colour and p == mask_id:
+            text = f"\x1b[32m{text}\x1b[0m"
+        parts.append(text)
+    return ''.join(parts)
+
+
+frames = [ids] # token ids of the first sample, one list per step
+tty = sys.stdout.isatty()
+
+
+def on_step(step, tokens):
+    row = tokens[0].tolist() # one host sync per step, only when watching
+    if show_steps:
+        screen = '\x1b[H\x1b[2J' if tty else '' # redraw in place on a terminal, a log otherwise
+        print(f"{screen}step {step}: {row.count(mask_id)} masked\n{render(row, frames[-1], tty)}\n", flush=True)
+    frames.append(row)
+
+
+def write_trajectory(path, fixed):
+    """A self-contained HTML page (no network) replaying frames with a slider; fixed
+    lists the positions the sampler was not allowed to change."""
+    data = {'title': f"{out_dir}: {sampler} sampler", 'frames': frames, 'fixed': fixed, 'mask': mask_id,
+            'glyph': MASK_GLYPH, 'text': {t: decode([t]) for t in set().union(*frames) if t != mask_id}}
+    # as JSON inside <script>: escaping <, > and & keeps "</script>" in a token from ending it
+    payload = json.dumps(data, ensure_ascii=False).replace('<', '\\u003c').replace('>', '\\u003e').replace('&', '\\u0026')
+    page = TRAJECTORY_PAGE.replace('@TITLE@', html.escape(data['title'])).replace('@DATA@', payload)
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(page)
+    print(f"wrote the trajectory of sample 1 ({len(frames) - 1} steps) to {path}")
+
+
+TRAJECTORY_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>@TITLE@</title>
+<style>
+body { font-family: sans-serif; margin: 2em; max-width: 60em; }
+#text { font-family: monospace; white-space: pre-wrap; border: 1px solid #ccc; padding: 1em; line-height: 1.4; }
+.fixed { font-weight: bold; } .mask { color: #aaa; } .new { background: #c8f7c5; } .flagged { background: #f7c5c5; }
+</style></head><body>
+<h3>@TITLE@</h3>
+<p><button id="play">play</button> <input id="slider" type="range" min="0" value="0" style="width: 30em">
+<span id="label"></span></p>
+<div id="text"></div>
+<p><span class="fixed">prompt</span> &middot; <span class="mask">masked</span> &middot;
+<span class="new">written in this step</span> &middot; <span class="flagged">sent back to [MASK] in this step</span></p>
+<script type="application/json" id="data">@DATA@</script>
+<script>
+const data = JSON.parse(document.getElementById('data').textContent);
+const slider = document.getElementById('slider'), text = document.getElementById('text');
+const label = document.getElementById('label'), play = document.getElementById('play');
+slider.max = data.frames.length - 1;
+function show(i) {
+  const row = data.frames[i], prev = data.frames[Math.max(i - 1, 0)];
+  text.replaceChildren(...row.map((t, j) => {
+    const span = document.createElement('span');
+    span.textContent = t === data.mask ? data.glyph : data.text[t];
+    if (data.fixed[j]) span.className = 'fixed';
+    else if (t === data.mask) span.className = i > 0 && prev[j] !== data.mask ? 'mask flagged' : 'mask';
+    else if (i > 0 && prev[j] === data.mask) span.className = 'new';
+    return span;
+  }));
+  const masked = row.filter(t => t === data.mask).length;
+  label.textContent = 'step ' + i + ' of ' + (data.frames.length - 1) + ', ' + masked + ' masked';
+}
+let timer = null;
+play.onclick = () => {
+  if (timer) { clearInterval(timer); timer = null; play.textContent = 'play'; return; }
+  if (+slider.value === data.frames.length - 1) slider.value = 0;
+  play.textContent = 'pause';
+  timer = setInterval(() => {
+    if (+slider.value >= data.frames.length - 1) { play.onclick(); return; }
+    slider.value = +slider.value + 1; show(+slider.value);
+  }, 300);
+};
+slider.oninput = () => show(+slider.value);
+show(0);
+</script></body></html>
+"""
+
+# run
+generator = torch.Generator(device=device).manual_seed(seed)
+sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                on_step=on_step if show_steps or trajectory else None)
+if device_type == 'cuda':
+    torch.cuda.synchronize()
+t0 = time.time()
+with ctx:
+    if proofread:
+        flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask, **sampling)
+        written = flags
+    elif sampler == 'confidence':
+        y, passes = diffusion.confidence_sample(model, x, steps, schedule=schedule, remask=remask, **sampling)
+        written = x == mask_id
+    else:
+        y, passes = diffusion.refine_sample(model, x, max_steps, **sampling)
+        written = x == mask_id
+if device_type == 'cuda':
+    torch.cuda.synchronize()
+elapsed = time.time() - t0
+
+samples = [decode(row) for row in y.tolist()]
+if proofread:
+    print(f"flagged {int(flags[0].sum())} of {len(ids)} tokens as [WRONG] (shown as {WRONG_GLYPH}):")
+    print(decode(torch.where(flags[0], wrong_id, x[0]).tolist()))
+    print(SEPARATOR)
+for sample in samples:
+    print(sample)
+    print(SEPARATOR)
+if output:
+    with open(output, 'w', encoding='utf-8') as f:
+        f.write(''.join(f"{sample}\n{SEPARATOR}\n" for sample in samples))
+if trajectory:
+    write_trajectory(trajectory, (~written[0]).tolist())
+# speed: the text the model wrote, not the prompt it was given
+n_tokens = int(written.sum())
+n_chars = sum(len(decode(part.tolist())) for part in y[written].split(written.sum(1).tolist()))
+print(f"{num_samples} samples of {len(ids)} tokens: {passes} forward passes in {elapsed:.2f}s, "
+      f"wrote {n_chars / elapsed:,.0f} chars/s ({n_tokens / elapsed:,.0f} tokens/s)")

@@ -1,0 +1,93 @@
+"""
+Sample from a trained autoregressive model, as in nanoGPT:
+$ python sample.py --out_dir=out-shakespeare-char
+$ python sample.py --init_from=gpt2 --start="What is the answer to life?" --num_samples=2
+Diffusion checkpoints are sampled with generate_diffusion.py.
+"""
+
+import time
+from contextlib import nullcontext
+
+import torch
+
+from configurator import UserError, configure
+from loading import gpt2_encoding, load_model, load_tokenizer
+from model import GPT
+
+# -----------------------------------------------------------------------------
+init_from = 'resume' # either 'resume' (from an out_dir) or a gpt2 variant (e.g. 'gpt2-xl')
+out_dir = 'out' # ignored if init_from is not 'resume'
+start = "\n" # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
+num_samples = 10 # number of samples to draw
+max_new_tokens = 500 # number of tokens generated in each sample
+temperature = 0.8 # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, in predictions
+top_k = 200 # retain only the top_k most likely tokens, clamp others to have 0 probability
+seed = 1337
+device = 'auto' # 'auto' (cuda > mps > cpu), or 'cpu', 'cuda', 'cuda:0', 'mps'
+dtype = 'auto' # 'auto': bfloat16 on CUDA if supported else float16; float32 elsewhere
+compile = False # use PyTorch 2.0 to compile the model to be faster
+use_kv_cache = True # reuse the keys and values of earlier tokens: one new token per forward pass
+# -----------------------------------------------------------------------------
+configure(globals())
+# -----------------------------------------------------------------------------
+if temperature <= 0:
+    raise UserError(f"temperature must be > 0, not {temperature}")
+if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    raise UserError(f"top_k must be a positive integer or None, not {top_k!r}")
+if num_samples < 1 or max_new_tokens < 1:
+    raise UserError("num_samples and max_new_tokens must be at least 1")
+if init_from != 'resume' and not init_from.startswith('gpt2'):
+    raise UserError(f"init_from must be 'resume' or a gpt2 variant ('gpt2', 'gpt2-medium', ...), not {init_from!r}")
+
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
+if dtype == 'auto':
+    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+torch.manual_seed(seed)
+torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
+torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+# model and tokenizer
+if init_from == 'resume':
+    model, checkpoint = load_model(out_dir, device, 'gpt2', 'sample.py')
+    encode, decode = load_tokenizer(checkpoint['config']['dataset'])
+else:
+    model = GPT.from_pretrained(init_from, dict(dropout=0.0)).to(device).eval()
+    enc = gpt2_encoding()
+    encode, decode = lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}), enc.decode
+if compile:
+    # generate() calls forward with a growing KV cache: compile forward itself, for any length
+    model.forward = torch.compile(model.forward, dynamic=True)
+
+# encode the beginning of the prompt
+if start.startswith('FILE:'):
+    try:
+        with open(start[5:], 'r', encoding='utf-8') as f:
+            start = f.read()
+    except OSError as e:
+        raise UserError(f"--start: cannot read {start[5:]} ({e.strerror})")
+else:
+    start = start.replace('\\n', '\n') # a shell passes "\\n" on as a backslash and an n
+start_ids = encode(start)
+if not start_ids:
+    raise UserError("the prompt is empty: an autoregressive model needs at least one token to continue (e.g. --start='\\n')")
+
+# run generation: all samples in one batch
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None].repeat(num_samples, 1)
+generator = torch.Generator(device=device).manual_seed(seed)
+if device_type == 'cuda':
+    torch.cuda.synchronize()
+t0 = time.time()
+with ctx:
+    y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, use_kv_cache=use_kv_cache, generator=generator)
+if device_type == 'cuda':
+    torch.cuda.synchronize()
+elapsed = time.time() - t0
+for row in y.tolist():
+    print(decode(row))
+    print('---------------')
+print(f"{num_samples} samples of {max_new_tokens} new tokens in {elapsed:.2f}s: "
+      f"{num_samples * max_new_tokens / elapsed:,.0f} tokens/s")

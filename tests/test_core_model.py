@@ -1,0 +1,409 @@
+"""The GPT class in both modes: shapes, attention direction, position encodings, the
+[MASK] bias, time conditioning, KV-cache generation, model surgery, optimizer groups,
+MFU and GPT-2 weight loading (against a tiny HuggingFace checkpoint made locally)."""
+import copy
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+
+V = 20 # base vocabulary of the tiny models
+
+
+def tiny(model_type='gpt2', pos_encoding='learned', seed=0, **kw):
+    torch.manual_seed(seed)
+    args = dict(block_size=16, vocab_size=V, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True,
+                model_type=model_type, pos_encoding=pos_encoding)
+    if model_type == 'diffusion':
+        args.update(vocab_size=V + 2, mask_token_id=V, wrong_token_id=V + 1)
+    args.update(kw)
+    model = GPT(GPTConfig(**args))
+    model.eval()
+    return model
+
+
+def tokens(B=3, T=16, vocab=V, seed=1):
+    return torch.randint(vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+BOTH_POS = pytest.mark.parametrize('pos_encoding', ['learned', 'rope'])
+
+
+# ----------------------------------------------------------------------------
+# shapes and the basics
+
+@BOTH_POS
+def test_gpt2_shapes_train_and_inference(pos_encoding):
+    model = tiny('gpt2', pos_encoding)
+    x, y = tokens(), tokens(seed=2)
+    logits, loss = model(x, y)
+    assert logits.shape == (3, 16, V)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    # the loss is the mean next-token cross-entropy of those logits
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+    torch.testing.assert_close(loss, expected)
+    # an untrained model is close to uniform: loss near log(V)
+    assert abs(loss.item() - torch.log(torch.tensor(float(V))).item()) < 0.5
+    # inference: logits of the last position only, equal to the training logits there
+    logits_inf, loss_inf = model(x)
+    assert logits_inf.shape == (3, 1, V) and loss_inf is None
+    torch.testing.assert_close(logits_inf[:, 0], logits[:, -1])
+
+
+def test_gpt2_targets_ignore_index():
+    model = tiny('gpt2')
+    x, y = tokens(), tokens(seed=2)
+    y_ignored = y.clone()
+    y_ignored[:, 8:] = -1
+    logits, loss = model(x, y_ignored)
+    expected = torch.nn.functional.cross_entropy(logits[:, :8].reshape(-1, V), y[:, :8].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+@BOTH_POS
+def test_diffusion_shapes(pos_encoding):
+    model = tiny('diffusion', pos_encoding)
+    x = tokens(vocab=V + 2)
+    logits, loss = model(x)
+    assert logits.shape == (3, 16, V + 2) and loss is None
+    # targets, if given, change nothing: the loss belongs to diffusion.py
+    logits2, loss2 = model(x, targets=tokens(seed=5))
+    assert loss2 is None and torch.equal(logits, logits2)
+    # shorter sequences work too
+    assert model(x[:, :5])[0].shape == (3, 5, V + 2)
+
+
+def test_sequence_longer_than_block_size_is_refused():
+    model = tiny('gpt2')
+    with pytest.raises(AssertionError, match='block size'):
+        model(tokens(T=17))
+
+
+def test_weight_tying():
+    model = tiny('diffusion')
+    assert model.transformer.wte.weight is model.lm_head.weight
+    assert len({p.data_ptr() for p in model.parameters()}) == len(list(model.parameters())) # counted once
+    # changing the head changes the embedding: one tensor
+    with torch.no_grad():
+        model.lm_head.weight[3].zero_()
+    assert torch.equal(model.transformer.wte.weight[3], torch.zeros(32))
+    # learned positions are excluded from get_num_params by default, rope has none
+    learned = tiny('gpt2', 'learned')
+    assert learned.get_num_params(False) - learned.get_num_params() == 16 * 32
+    rope = tiny('gpt2', 'rope')
+    assert rope.get_num_params(False) == rope.get_num_params()
+    assert learned.get_num_params() == rope.get_num_params()
+
+
+def test_unknown_model_type_or_pos_encoding():
+    with pytest.raises(AssertionError):
+        tiny('bert')
+    with pytest.raises(AssertionError):
+        tiny('gpt2', 'alibi')
+
+
+# ----------------------------------------------------------------------------
+# attention direction and position encodings
+
+@BOTH_POS
+def test_gpt2_is_causal(pos_encoding):
+    model = tiny('gpt2', pos_encoding)
+    x = tokens(B=1)
+    x2 = x.clone()
+    x2[0, 10] = (x[0, 10] + 1) % V
+    a, _ = model(x, x)
+    b, _ = model(x2, x2)
+    torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=1e-6) # earlier positions don't see it
+    assert (a[:, 10:] - b[:, 10:]).abs().amax() > 1e-4 # later ones do
+
+
+@BOTH_POS
+def test_diffusion_is_bidirectional(pos_encoding):
+    model = tiny('diffusion', pos_encoding)
+    x = tokens(B=1, vocab=V)
+    x2 = x.clone()
+    x2[0, 15] = (x[0, 15] + 1) % V # change the last token
+    a, _ = model(x)
+    b, _ = model(x2)
+    # every earlier position sees the change
+    assert ((a[0, :15] - b[0, :15]).abs().amax(-1) > 1e-5).all()
+
+
+@BOTH_POS
+def test_positions_matter(pos_encoding):
+    """Both encodings tell positions apart: in 'a b b ... b' the b next to the a and the b
+    far from it get different outputs (without position information a bidirectional
+    model could not tell them apart)."""
+    model = tiny('diffusion', pos_encoding)
+    with torch.no_grad(): # sharper attention than at init, so that positions show clearly
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(20)
+    x = torch.full((1, 16), 3)
+    x[0, 0] = 5
+    logits, _ = model(x)
+    assert (logits[0, 1] - logits[0, 15]).abs().amax() > 1e-3
+    if pos_encoding == 'learned': # without the position embeddings they would be equal
+        model.transformer.wpe.weight.data.zero_()
+        logits, _ = model(x)
+        torch.testing.assert_close(logits[0, 1], logits[0, 15])
+
+
+def test_rope_is_relative():
+    """With rotary embeddings, attention scores depend only on relative positions: a causal
+    model fed a sequence at offset 0 and, via pos_offset, at offset 5 gives the same logits."""
+    model = tiny('gpt2', 'rope')
+    x = tokens(B=2, T=8)
+    a, _ = model(x, x)
+    b, _ = model(x, x, pos_offset=5)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # learned positions are absolute: the same shift changes the output
+    learned = tiny('gpt2', 'learned')
+    c, _ = learned(x, x)
+    d, _ = learned(x, x, pos_offset=5)
+    assert (c - d).abs().amax() > 1e-4
+
+
+# ----------------------------------------------------------------------------
+# the [MASK] bias and time conditioning
+
+def test_mask_logit_bias_only_touches_the_mask_column():
+    model = tiny('diffusion')
+    x = tokens(vocab=V + 2)
+    base, _ = model(x)
+    model.mask_logit_bias.fill_(3.5)
+    biased, _ = model(x)
+    diff = biased - base
+    torch.testing.assert_close(diff[..., V], torch.full_like(diff[..., V], 3.5))
+    assert torch.equal(diff[..., :V], torch.zeros_like(diff[..., :V]))
+    assert torch.equal(diff[..., V + 1], torch.zeros_like(diff[..., V + 1]))
+    # the bias is a buffer saved in the state dict, and the config value initialises it
+    assert model.state_dict()['mask_logit_bias'].item() == 3.5
+    model2 = tiny('diffusion', mask_logit_bias=-2.0)
+    assert model2.mask_logit_bias.item() == -2.0
+    torch.testing.assert_close(model2(x)[0] - base, diff * (-2.0 / 3.5))
+
+
+def test_mask_logit_bias_is_autograd_safe():
+    model = tiny('diffusion')
+    model.mask_logit_bias.fill_(1.0)
+    logits, _ = model(tokens(vocab=V + 2))
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_time_conditioning():
+    model = tiny('diffusion', 'rope', time_conditioning=True)
+    x = tokens(B=2, vocab=V + 2)
+    with pytest.raises(AssertionError, match='noise level'):
+        model(x)
+    a, _ = model(x, noise_level=torch.tensor([0.1, 0.1]))
+    b, _ = model(x, noise_level=torch.tensor([0.9, 0.1]))
+    assert (a[0] - b[0]).abs().amax() > 1e-5 # the row whose noise level changed
+    torch.testing.assert_close(a[1], b[1]) # the other row is untouched
+    # without time conditioning the noise level is ignored
+    plain = tiny('diffusion', 'rope')
+    torch.testing.assert_close(plain(x, noise_level=torch.tensor([0.1, 0.1]))[0],
+                               plain(x, noise_level=torch.tensor([0.9, 0.9]))[0])
+
+
+# ----------------------------------------------------------------------------
+# generation
+
+@BOTH_POS
+@pytest.mark.parametrize('top_k', [None, 5])
+def test_kv_cache_generation_equals_uncached(pos_encoding, top_k):
+    model = tiny('gpt2', pos_encoding, seed=3)
+    prompt = tokens(B=2, T=5, seed=4)
+    # 5 + 20 tokens > block_size 16: the sliding-window path is used too
+    out = {}
+    for use_cache in (False, True):
+        g = torch.Generator().manual_seed(123)
+        out[use_cache] = model.generate(prompt, 20, temperature=1.3, top_k=top_k, use_kv_cache=use_cache, generator=g)
+    assert out[True].shape == (2, 25)
+    assert torch.equal(out[True][:, :5], prompt)
+    assert torch.equal(out[True], out[False])
+    # a different seed gives a different sample (the generator is really used)
+    g = torch.Generator().manual_seed(7)
+    assert not torch.equal(model.generate(prompt, 20, top_k=top_k, generator=g), out[True])
+
+
+@BOTH_POS
+def test_kv_cache_logits_match_full_forward(pos_encoding):
+    """Feeding tokens one by one through the cache gives the logits of a full forward."""
+    model = tiny('gpt2', pos_encoding)
+    x = tokens(B=2, T=12)
+    full, _ = model(x, x)
+    cache = [{} for _ in model.transformer.h]
+    first, _ = model(x[:, :4], kv_cache=cache)
+    torch.testing.assert_close(first[:, -1], full[:, 3], rtol=1e-4, atol=1e-5)
+    for i in range(4, 12):
+        step, _ = model(x[:, i:i + 1], kv_cache=cache, pos_offset=i)
+        torch.testing.assert_close(step[:, -1], full[:, i], rtol=1e-4, atol=1e-5)
+    # several new tokens at once (bottom-right causal mask)
+    cache = [{} for _ in model.transformer.h]
+    model(x[:, :4], kv_cache=cache)
+    chunk, _ = model(x[:, 4:9], x[:, 4:9], kv_cache=cache, pos_offset=4)
+    torch.testing.assert_close(chunk, full[:, 4:9], rtol=1e-4, atol=1e-5)
+
+
+def test_greedy_top_k_1():
+    model = tiny('gpt2')
+    prompt = tokens(B=1, T=3)
+    out = model.generate(prompt, 4, top_k=1)
+    # top_k=1 is greedy decoding: each new token is the argmax of the uncached logits
+    idx = prompt
+    for _ in range(4):
+        logits, _ = model(idx)
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, idx)
+
+
+def test_generate_refuses_diffusion():
+    with pytest.raises(AssertionError, match='autoregressive'):
+        tiny('diffusion').generate(tokens(B=1, T=2), 1)
+
+
+# ----------------------------------------------------------------------------
+# model surgery
+
+@BOTH_POS
+def test_crop_block_size(pos_encoding):
+    model = tiny('gpt2', pos_encoding)
+    x = tokens(B=2, T=8)
+    before, _ = model(x, x)
+    model.crop_block_size(8)
+    assert model.config.block_size == 8
+    if pos_encoding == 'learned':
+        assert model.transformer.wpe.weight.shape == (8, 32)
+    else:
+        assert model.rope_cos.shape[0] == 8 and model.rope_sin.shape[0] == 8
+    after, _ = model(x, x)
+    torch.testing.assert_close(before, after) # the first 8 positions are unchanged
+    with pytest.raises(AssertionError):
+        model(tokens(B=2, T=9))
+    with pytest.raises(AssertionError):
+        model.crop_block_size(12) # can only shrink
+    # still trainable and generating within the new block size
+    assert model.generate(x[:, :2], 10).shape == (2, 12)
+
+
+@BOTH_POS
+def test_to_diffusion(pos_encoding):
+    model = tiny('gpt2', pos_encoding)
+    old = copy.deepcopy(model.state_dict())
+    model.to_diffusion()
+    cfg = model.config
+    assert cfg.model_type == 'diffusion'
+    assert cfg.vocab_size == V + 2 and cfg.mask_token_id == V and cfg.wrong_token_id == V + 1
+    assert model.lm_head.weight.shape == (V + 2, 32)
+    assert model.transformer.wte.weight is model.lm_head.weight # still tied
+    assert model.transformer.wte.num_embeddings == V + 2 and model.lm_head.out_features == V + 2
+    new = model.state_dict()
+    assert set(new) == set(old)
+    for k, v in old.items():
+        if k in ('lm_head.weight', 'transformer.wte.weight'):
+            assert torch.equal(new[k][:V], v) # old rows kept
+            assert torch.isfinite(new[k][V:]).all()
+        else:
+            assert torch.equal(new[k], v), k
+    # it now behaves as a diffusion model: logits everywhere, bidirectional, the new tokens usable
+    x = tokens(B=1, vocab=V + 2)
+    x2 = x.clone()
+    x2[0, -1] = V # [MASK] at the end
+    a, loss = model(x)
+    b, _ = model(x2)
+    assert a.shape == (1, 16, V + 2) and loss is None
+    assert ((a[0, :-1] - b[0, :-1]).abs().amax(-1) > 1e-6).all()
+    # the new rows start near the mean embedding, so [MASK]/[WRONG] logits are of ordinary size
+    assert a[..., V:].abs().max() < 10 * a[..., :V].abs().max() + 1
+    with pytest.raises(AssertionError):
+        model.to_diffusion()
+    # the surgery survives a state-dict round trip into a model built from its config
+    rebuilt = GPT(GPTConfig(**{**cfg.__dict__}))
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x)[0], a)
+
+
+def test_to_diffusion_trains():
+    model = tiny('gpt2')
+    model.to_diffusion()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = tokens(B=2)
+    logits, _ = model(torch.where(x % 2 == 0, V, x))
+    torch.nn.functional.cross_entropy(logits.reshape(-1, V + 2), x.reshape(-1)).backward()
+    assert model.lm_head.weight.grad.shape == (V + 2, 32)
+    opt.step()
+
+
+# ----------------------------------------------------------------------------
+# optimizer and MFU
+
+def test_configure_optimizers_groups():
+    model = tiny('diffusion', 'learned', time_conditioning=True)
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type='cpu')
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, nodecay = opt.param_groups
+    assert decay['weight_decay'] == 0.1 and nodecay['weight_decay'] == 0.0
+    assert all(p.dim() >= 2 for p in decay['params'])
+    assert all(p.dim() < 2 for p in nodecay['params'])
+    # every parameter exactly once (the tied embedding/head included once)
+    ids = [id(p) for p in decay['params'] + nodecay['params']]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in model.parameters()}
+    assert any(p is model.lm_head.weight for p in decay['params'])
+    assert any(p is model.transformer.ln_f.weight for p in nodecay['params'])
+    assert opt.defaults['lr'] == 1e-3 and opt.defaults['betas'] == (0.9, 0.95)
+    # no buffer (the [MASK] bias, rope tables) is optimised
+    assert all(p is not model.mask_logit_bias for p in decay['params'] + nodecay['params'])
+
+
+def test_estimate_mfu():
+    model = tiny('gpt2')
+    mfu = model.estimate_mfu(fwdbwd_per_iter=4, dt=0.1)
+    assert mfu > 0
+    # twice the time, half the utilisation
+    assert model.estimate_mfu(4, 0.2) == pytest.approx(mfu / 2)
+    cfg = model.config
+    N = model.get_num_params()
+    flops = (6 * N + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * cfg.block_size) * cfg.block_size * 4
+    assert mfu == pytest.approx(flops / 0.1 / 312e12)
+
+
+# ----------------------------------------------------------------------------
+# GPT-2 weights through HuggingFace transformers (offline: a tiny checkpoint made here)
+
+def test_from_pretrained_matches_huggingface(tmp_path):
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    hf_config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=100)
+    hf = transformers.GPT2LMHeadModel(hf_config)
+    # larger weights than the default init, so that a transposed or misplaced tensor shows
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith('weight') and p.dim() == 2:
+                p.normal_(0, 0.2)
+            elif 'ln' not in name:
+                p.normal_(0, 0.05)
+    hf.eval()
+    hf.save_pretrained(tmp_path)
+    model = GPT.from_pretrained(str(tmp_path))
+    model.eval()
+    cfg = model.config
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (2, 2, 32, 32, 100)
+    assert cfg.bias and cfg.model_type == 'gpt2' and cfg.pos_encoding == 'learned'
+    x = torch.randint(100, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, _ = model(x, x)
+        theirs = hf(x).logits
+    # HF GPT-2 uses the tanh approximation of GELU, nanoGPT the exact one: close, not equal
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-3)
+    assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() > 0.95
+    # the last-position inference path agrees too
+    torch.testing.assert_close(model(x)[0][:, 0], theirs[:, -1], rtol=0, atol=5e-3)
+    # dropout is the one override allowed
+    assert GPT.from_pretrained(str(tmp_path), dict(dropout=0.1)).config.dropout == 0.1
+    with pytest.raises(AssertionError):
+        GPT.from_pretrained(str(tmp_path), dict(n_layer=3))

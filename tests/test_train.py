@@ -1,0 +1,268 @@
+"""train.py end to end, in subprocesses on a tiny char dataset: learning, checkpoints,
+exact resume, 2-process CPU DDP, starting diffusion from an AR checkpoint, and the
+one-line errors a user can cause."""
+import math
+import re
+import shutil
+
+import pytest
+import torch
+
+from loading import load_checkpoint, model_from_checkpoint
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ['gpt2', 'seed', 'elbo'] # the runs of the training_runs fixture (conftest.py)
+
+
+def ckpt(out_dir):
+    return torch.load(out_dir / 'ckpt.pt', map_location='cpu', weights_only=True)
+
+
+def one_line_error(r):
+    """The error of a script that stopped for a user's mistake: exit 2, one line, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
+    assert 'Traceback' not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    return lines[0]
+
+
+def eval_losses(stdout):
+    """{step: (train loss, val loss)} from the evaluation lines."""
+    return {int(m[1]): (float(m[2]), float(m[3]))
+            for m in re.finditer(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', stdout, re.M)}
+
+
+def iter_lines(stdout):
+    """{iteration: the log line without its timing fields}"""
+    out = {}
+    for line in stdout.splitlines():
+        m = re.match(r'iter (\d+): loss ([\d.naif]+)', line)
+        if m:
+            stats = line.split(' | ')[1] if ' | ' in line else ''
+            out[int(m[1])] = (m[2], stats)
+    return out
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ----------------------------------------------------------------------------
+# learning and checkpoints
+
+def test_ar_training_lowers_the_loss(training_runs, tiny_dataset, run_iters):
+    N = run_iters
+    _, r = training_runs('gpt2')['straight']
+    losses = eval_losses(r.stdout)
+    assert set(losses) == {0, 3, N}
+    start, end = losses[0], losses[N]
+    # fixed eval batches: the same text at both steps
+    assert start[0] == pytest.approx(math.log(tiny_dataset[1]['vocab_size']), abs=0.3) # uniform at init
+    assert end[0] < start[0] - 0.15 and end[1] < start[1] - 0.15
+    lines = iter_lines(r.stdout)
+    assert set(lines) == set(range(1, N + 1)) # log_interval=1
+    assert all(math.isfinite(float(loss)) for loss, _ in lines.values())
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_checkpoint_round_trip(training_runs, tiny_dataset, variant, run_iters):
+    N = run_iters
+    out_dir, r = training_runs(variant)['straight']
+    assert (out_dir / 'ckpt.pt').is_file() and not (out_dir / 'ckpt.pt.tmp').exists()
+    c = ckpt(out_dir) # plain data: loads with weights_only=True
+    V = tiny_dataset[1]['vocab_size']
+    args = c['model_args']
+    assert (args['n_layer'], args['n_head'], args['n_embd'], args['block_size']) == (1, 2, 32, 32)
+    assert c['iter_num'] == N
+    assert math.isfinite(c['best_val_loss'])
+    assert {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng'} <= set(c)
+    assert c['config']['max_iters'] == N and c['config']['dataset'] == tiny_dataset[0]
+    assert len(c['rng']['data']) == len(c['rng']['noise']) == len(c['rng']['torch']) == 1
+    bias = c['model']['mask_logit_bias'].item()
+    assert args['mask_logit_bias'] == pytest.approx(bias) # generation applies the bias of training
+    if variant == 'gpt2':
+        assert args['model_type'] == 'gpt2' and args['vocab_size'] == V and args['pos_encoding'] == 'learned'
+        assert args['dropout'] == 0.1
+    else:
+        assert args['model_type'] == 'diffusion' and args['pos_encoding'] == 'rope'
+        assert args['vocab_size'] == V + 2
+        assert args['mask_token_id'] == V and args['wrong_token_id'] == V + 1
+        assert args['time_conditioning'] == (variant == 'elbo')
+        # the controller raised the bias from 0 toward the target p([MASK]) = 0.5
+        assert 0 < bias <= 20
+    # the loader rebuilds the same model
+    model = model_from_checkpoint(load_checkpoint(str(out_dir)))
+    assert_same_state(model.state_dict(), {k.removeprefix('_orig_mod.'): v for k, v in c['model'].items()})
+    assert model.mask_logit_bias.item() == bias
+    x = torch.randint(V, (2, 32))
+    logits, _ = model(x, noise_level=torch.full((2,), 0.5))
+    assert logits.shape == ((2, 1, V) if variant == 'gpt2' else (2, 32, V + 2))
+    assert torch.isfinite(logits).all()
+
+
+def test_diffusion_logs_show_the_controller_and_curriculum(training_runs):
+    _, r = training_runs('seed')['straight']
+    lines = iter_lines(r.stdout)
+    for k in ('loss_unmask', 'loss_remask', 'loss_keep', 'p_mask', 'logit_gap', 'bias', 'penalty', 'remask_ratio'):
+        assert k in lines[1][1], k
+    stats = {it: dict(re.findall(r'(\w+) (-?[\d.]+)', s)) for it, (_, s) in lines.items()}
+    # the curriculum: penalty 0.5 over 4 iterations, proofreading over 8 (logged after the step)
+    assert [float(stats[it]['penalty']) for it in (2, 4, 6)] == pytest.approx([0.25, 0.5, 0.5], abs=0.006)
+    assert [float(stats[it]['remask_ratio']) for it in (2, 4, 6)] == pytest.approx([0.25, 0.5, 0.75], abs=0.006)
+    # the controller: p([MASK]) starts far below 0.5 and the bias rises step by step
+    biases = [float(stats[it]['bias']) for it in sorted(stats)]
+    assert all(b2 > b1 for b1, b2 in zip(biases, biases[1:]))
+    # the deterministic masked val CE at 15/50/90 %, at every eval; a few steps already lower it
+    for variant in ('seed', 'elbo'):
+        _, r = training_runs(variant)['straight']
+        masked = [tuple(map(float, m)) for m in re.findall(r'masked val CE 15/50/90%: ([\d.]+)/([\d.]+)/([\d.]+)', r.stdout)]
+        assert len(masked) == 3
+        assert all(end < start for start, end in zip(masked[0], masked[-1]))
+    m = re.search(r'val loss ([\d.]+), .*val bound ([\d.]+) nats/token = ([\d.]+) bits/token', r.stdout)
+    assert float(m[2]) == float(m[1]) and float(m[3]) == pytest.approx(float(m[2]) / math.log(2), abs=1e-3)
+
+
+# ----------------------------------------------------------------------------
+# exact resume
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_exact_resume(training_runs, variant, run_iters):
+    N = run_iters
+    runs = training_runs(variant)
+    straight_dir, straight = runs['straight']
+    split_dir, resumed = runs['resumed']
+    assert 'Resuming training' in resumed.stdout
+    a, b = ckpt(straight_dir), ckpt(split_dir)
+    assert a['iter_num'] == b['iter_num'] == N
+    # the same parameters, bit for bit, and the same optimizer state and [MASK] bias
+    assert_same_state(a['model'], b['model'])
+    assert a['model_args'] == b['model_args']
+    assert a['model']['mask_logit_bias'].item() == b['model']['mask_logit_bias'].item()
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert_same_state(sa, sb)
+    for key in ('data', 'noise', 'torch'):
+        assert all(torch.equal(x, y) for x, y in zip(a['rng'][key], b['rng'][key]))
+    # the resumed run continues the same loss curve, line for line
+    la, lb = iter_lines(straight.stdout), iter_lines(resumed.stdout)
+    assert set(lb) == set(range(N // 2 + 1, N + 1))
+    for it in lb:
+        assert la[it] == lb[it], it
+    assert eval_losses(straight.stdout)[N] == eval_losses(resumed.stdout)[N]
+    # and it did train: the second half changed the parameters
+    half = iter_lines(runs['half'][1].stdout)
+    assert set(half) == set(range(1, N // 2 + 1))
+    assert la[N] != la[N // 2]
+
+
+# ----------------------------------------------------------------------------
+# distributed, on CPU with gloo
+
+@pytest.mark.parametrize('variant', ['gpt2', 'seed'])
+def test_torchrun_two_processes(run_train, tiny_args, tmp_path, variant, run_variants):
+    extra = {'gpt2': ['--model_type=gpt2'], 'seed': run_variants['seed']}[variant]
+    r = run_train(*tiny_args, *extra, '--gradient_accumulation_steps=2', '--max_iters=2', '--eval_interval=2',
+                  f'--out_dir={tmp_path}', nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('saving checkpoint') == 1 # the master process saves, once
+    assert r.stdout.count('step 2: train loss') == 1 # and logs alone
+    c = ckpt(tmp_path)
+    assert c['iter_num'] == 2
+    assert len(c['rng']['data']) == 2 # each rank's RNG state is kept
+    assert not torch.equal(c['rng']['data'][0], c['rng']['data'][1]) # ranks draw different batches
+    assert all(torch.isfinite(v).all() for v in c['model'].values())
+    if variant == 'seed':
+        bias = c['model']['mask_logit_bias'].item()
+        assert math.isfinite(bias) and bias > 0
+        assert c['model_args']['mask_logit_bias'] == pytest.approx(bias)
+
+
+def test_gradient_accumulation_that_cannot_be_shared(run_train_ranks, tiny_args, tmp_path):
+    results = run_train_ranks(*tiny_args, '--gradient_accumulation_steps=3', '--batch_size=3', '--max_iters=2',
+                              f'--out_dir={tmp_path}', world_size=2)
+    for r in results: # every rank stops with the same clear line
+        line = one_line_error(r)
+        assert 'cannot be shared by 2 processes' in line and 'gradient_accumulation_steps' in line
+
+
+# ----------------------------------------------------------------------------
+# adapting an AR checkpoint
+
+def test_init_diffusion_from_an_ar_checkpoint(training_runs, run_train, tiny_args, tiny_dataset, tmp_path):
+    ar_dir, _ = training_runs('gpt2')['straight']
+    ar = ckpt(ar_dir)
+    # learning rate 0: the carried weights can be compared exactly after a step of training
+    r = run_train(*tiny_args, '--model_type=diffusion', f'--init_from={ar_dir}', '--learning_rate=0.0',
+                  '--decay_lr=False', '--max_iters=1', '--eval_interval=1', f'--out_dir={tmp_path}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = ckpt(tmp_path)
+    V = tiny_dataset[1]['vocab_size']
+    args = c['model_args']
+    assert args['model_type'] == 'diffusion' and args['vocab_size'] == V + 2
+    assert args['mask_token_id'] == V and args['wrong_token_id'] == V + 1
+    assert args['pos_encoding'] == ar['model_args']['pos_encoding']
+    assert args['dropout'] == 0.0 # the dropout of this run, not of the AR one
+    new, old = c['model'], ar['model']
+    assert new.keys() == old.keys()
+    for k in old:
+        if k == 'mask_logit_bias':
+            continue
+        if k in ('lm_head.weight', 'transformer.wte.weight'):
+            assert new[k].shape == (V + 2, 32)
+            assert torch.equal(new[k][:V], old[k]) # grown by two rows, the old ones carried
+        else:
+            assert torch.equal(new[k], old[k]), k
+    assert 'masked val CE' in r.stdout
+    # the wrong way round: a diffusion checkpoint is not an AR starting point
+    diff_dir = tmp_path
+    r = run_train(*tiny_args, '--model_type=diffusion', f'--init_from={diff_dir}', '--max_iters=1',
+                  f'--out_dir={tmp_path / "again"}')
+    assert 'autoregressive' in one_line_error(r)
+
+
+# ----------------------------------------------------------------------------
+# one-line errors
+
+def test_missing_data_names_the_prepare_command(run_train, tiny_args, tmp_path):
+    args = [a for a in tiny_args if not a.startswith('--dataset=')]
+    line = one_line_error(run_train(*args, '--dataset=_test_no_such_dataset', f'--out_dir={tmp_path}'))
+    assert 'python data/_test_no_such_dataset/prepare.py' in line
+
+
+def test_resume_without_checkpoint(run_train, tiny_args, tmp_path):
+    line = one_line_error(run_train(*tiny_args, '--init_from=resume', f'--out_dir={tmp_path}'))
+    assert 'no checkpoint' in line and str(tmp_path) in line
+
+
+def test_resume_from_corrupt_checkpoint(run_train, tiny_args, tmp_path):
+    (tmp_path / 'ckpt.pt').write_bytes(b'\x00garbage, not a checkpoint\xff' * 50)
+    line = one_line_error(run_train(*tiny_args, '--init_from=resume', f'--out_dir={tmp_path}'))
+    assert 'corrupt' in line and 'ckpt.pt' in line
+
+
+def test_resume_with_the_wrong_model_type(training_runs, run_train, tiny_args, tmp_path):
+    shutil.copytree(training_runs('gpt2')['straight'][0], tmp_path / 'run')
+    line = one_line_error(run_train(*tiny_args, '--init_from=resume', '--model_type=diffusion',
+                                    f'--out_dir={tmp_path / "run"}'))
+    assert '--model_type=gpt2' in line
+
+
+def test_nan_loss_stops_and_keeps_the_checkpoint(training_runs, run_train, tiny_args, tmp_path, run_iters, run_variants):
+    N = run_iters
+    out_dir = tmp_path / 'run'
+    shutil.copytree(training_runs('gpt2')['straight'][0], out_dir)
+    before = (out_dir / 'ckpt.pt').read_bytes()
+    # an absurd learning rate from the resumed checkpoint: the weights blow up after one step
+    r = run_train(*tiny_args, *run_variants['gpt2'], '--init_from=resume', '--learning_rate=1e30',
+                  '--decay_lr=False', f'--max_iters={N + 20}', '--eval_interval=1000', f'--out_dir={out_dir}')
+    line = one_line_error(r)
+    assert 'NaN' in line and 'checkpoint' in line
+    assert (out_dir / 'ckpt.pt').read_bytes() == before # untouched
+    assert not (out_dir / 'ckpt.pt.tmp').exists()
+    c = ckpt(out_dir)
+    assert c['iter_num'] == N and all(torch.isfinite(v).all() for v in c['model'].values())
+    # it stopped at once, not after the remaining iterations
+    assert max(iter_lines(r.stdout), default=N) <= N + 3
