@@ -2,7 +2,7 @@
 The benchmark: autoregressive and diffusion checkpoints trained on the same data,
 measured side by side on fixed seeds. Writes results.md (markdown tables), samples.txt
 and PNG plots to --out, and prints the tables as it goes:
-$ python bench.py --ar_dir=out-shakespeare-char-cpu \\
+$ python bench.py --ar_dir=out-shakespeare-ar-cpu \\
     --diffusion_dirs=out-shakespeare-diffusion-cpu,out-shakespeare-diffusion-elbo-cpu
 1. validation loss: the AR NLL; every diffusion model's ELBO bound and masked CE;
 2. sample quality: NLL under an AR judge next to entropy and repetition, for AR
@@ -30,7 +30,7 @@ from metrics import char_error_rate, detection_prf, judge_nll, repetition, subst
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
-ar_dir = 'out-shakespeare-char-cpu' # the autoregressive checkpoint: the AR baseline
+ar_dir = 'out-shakespeare-ar-cpu' # the autoregressive checkpoint: the AR baseline
 judge_dir = '' # the AR checkpoint that scores samples; '' = ar_dir
 diffusion_dirs = 'out-shakespeare-diffusion-cpu,out-shakespeare-diffusion-elbo-cpu' # comma-separated diffusion checkpoints
 out = 'out-bench' # folder for results.md, samples.txt and the plots
@@ -105,10 +105,14 @@ def objective(checkpoint):
     return checkpoint['config'].get('loss_type', 'seed')
 
 
-ar_name = os.path.normpath(ar_dir)
+# checkpoints are named by their folder in the tables, or by their path if two folders share a name
+paths = list(dict.fromkeys(os.path.normpath(d) for d in [ar_dir, judge_dir, *diffusion_dirs]))
+short = {p: os.path.basename(p) for p in paths}
+names = short if len(set(short.values())) == len(paths) else {p: p for p in paths}
+ar_name = names[os.path.normpath(ar_dir)]
 ar_model, ar_ckpt = load(ar_dir, 'gpt2', 'ar_dir')
 judge, judge_ckpt = (ar_model, ar_ckpt) if judge_dir == ar_dir else load(judge_dir, 'gpt2', 'judge_dir')
-models = [(os.path.normpath(d), *load(d, 'diffusion', 'diffusion_dirs')) for d in diffusion_dirs] # (name, model, checkpoint)
+models = [(names[os.path.normpath(d)], *load(d, 'diffusion', 'diffusion_dirs')) for d in diffusion_dirs] # (name, model, checkpoint)
 dataset = ar_ckpt['config']['dataset']
 vocab = ar_model.config.vocab_size
 for key, name, model, checkpoint in [('judge_dir', judge_dir, judge, judge_ckpt)] + [('diffusion_dirs', *m) for m in models]:
@@ -232,7 +236,8 @@ with ctx:
                                                           generator=torch.Generator(device=device).manual_seed(seed + 4)))
     add_sample(ar_name, 'autoregressive', '-', ar_tokens, L - 1, seconds)
     samplers = {'refine': (diffusion.refine_sample, {}), 'confidence': (diffusion.confidence_sample, {}),
-                'confidence+wrong': (diffusion.confidence_sample, {'remask': 'wrong'})}
+                'confidence+wrong': (diffusion.confidence_sample, {'remask': 'wrong'}),
+                'ancestral': (diffusion.confidence_sample, {'order': 'random'})}
     for name, model, _ in models:
         x = torch.cat([first, torch.full((num_samples, L - 1), model.config.mask_token_id, device=device)], 1)
         with torch.no_grad():
@@ -248,7 +253,7 @@ with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(samples_txt))
 judge_note = ("The judge is the AR baseline itself, so the AR samples are scored by the model that wrote them "
               "(at temperature 1 their NLL is its own entropy rate: a favourable reference); pass judge_dir for an "
-              "independent judge." if judge is ar_model else f"The judge is {os.path.normpath(judge_dir)}.")
+              "independent judge." if judge is ar_model else f"The judge is {names[os.path.normpath(judge_dir)]}.")
 section('Sample quality', [
     f"{num_samples} samples of {L} tokens per generator, temperature {temperature}; the first token of each sample "
     f"is the first token of a random val window, the same for every generator, and the rest is generated.",
@@ -262,7 +267,8 @@ section('Sample quality', [
     f"unigram entropy of the whole val split is {val_entropy:.3f} nats.",
     "Samplers (diffusion.py): `refine` is the seed's loop (steps = max_steps; it may stop early), `confidence` "
     "commits the most confident tokens on a cosine schedule, `confidence+wrong` also sends tokens the model flags "
-    "[WRONG] back to [MASK]. The first sample of each row is in samples.txt."],
+    "[WRONG] back to [MASK], `ancestral` commits a random choice of proposals on the same schedule "
+    "(MDLM's ancestral order). The first sample of each row is in samples.txt."],
     ['model', 'sampler', 'steps', 'forward passes', 'judge NLL', 'entropy', f'repeated {repetition_n}-grams'],
     [[r['name'], r['sampler'], r['steps'], r['passes'], fmt(r['nll']), fmt(r['entropy']), fmt(r['rep'])] for r in quality])
 
@@ -380,7 +386,7 @@ section('Generation speed', [
 
 
 def write_plots():
-    """PNG plots of the tables; matplotlib is optional."""
+    """PNG plots of the tables (matplotlib is optional): a colour per model, a line style per sampler."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -388,52 +394,49 @@ def write_plots():
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
-    curves = [(name, sampler) for name, _, _ in models for sampler in samplers]
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    styles = dict(zip(samplers, ('-o', '--s', ':^', '-.D', '-v', '--P')))
 
-    def curve(rows, name, sampler, key):
-        points = [(r['steps'], r[key]) for r in rows if r['name'] == name and r['sampler'] == sampler]
-        return [p[0] for p in points], [p[1] for p in points]
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, key, label in zip(axes, ('nll', 'entropy', 'rep'), ('judge NLL (nats/token)', 'unigram entropy (nats)', f'repeated {repetition_n}-grams')):
-        for name, sampler in curves:
-            ax.plot(*curve(quality, name, sampler, key), marker='o', label=f"{name} {sampler}")
-        for r, style in zip(quality[:2], ('k--', 'r:')):
-            ax.axhline(r[key], color=style[0], linestyle=style[1:], label=f"{r['name']} ({r['sampler']})")
+    def plot_samplers(ax, rows, value):
+        for i, (name, _, _) in enumerate(models):
+            for sampler in samplers:
+                points = [r for r in rows if r['name'] == name and r['sampler'] == sampler]
+                ax.plot([r['steps'] for r in points], [value(r) for r in points], styles[sampler],
+                        color=colours[i % len(colours)], label=f"{name} {sampler}")
         ax.set_xscale('log', base=2)
         ax.set_xlabel('diffusion steps')
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.5), layout='constrained')
+    for ax, key, label in zip(axes, ('nll', 'entropy', 'rep'),
+                              ('judge NLL (nats/token)', 'unigram entropy (nats)', f'repeated {repetition_n}-grams')):
+        plot_samplers(ax, quality, lambda r: r[key])
+        for r, style in zip(quality[:2], ('--', ':')): # val text and AR samples
+            ax.axhline(r[key], color='k', linestyle=style, label=f"{r['name']} ({r['sampler']})")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center', ncol=3, fontsize=8)
     fig.suptitle('sample quality: read the judge NLL next to entropy and repetition')
-    fig.tight_layout()
     fig.savefig(os.path.join(out, 'sample_quality.png'), dpi=100)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout='constrained')
     rates = [r * 100 for r in proofread_rates]
-    for name, _, _ in models:
+    for i, (name, _, _) in enumerate(models):
         rows = [r for r in proofreading if r['name'] == name]
-        axes[0].plot(rates, [r['prf'][2] for r in rows], marker='o', label=name)
-        axes[1].plot(rates, [r['after'] for r in rows], marker='o', label=f"{name}: after proofread")
+        axes[0].plot(rates, [r['prf'][2] for r in rows], '-o', color=colours[i % len(colours)], label=name)
+        axes[1].plot(rates, [r['after'] for r in rows], '-o', color=colours[i % len(colours)], label=f"{name}: after proofread")
     axes[1].plot(rates, [r['before'] for r in proofreading[:len(proofread_rates)]], 'k--', label='before')
     for ax, label in zip(axes, ('[WRONG] detection F1', 'token error rate')):
         ax.set_xlabel('substituted tokens (%)')
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(os.path.join(out, 'proofreading.png'), dpi=100)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, sampler in curves:
-        steps, seconds = curve(generation, name, sampler, 'seconds')
-        ax.plot(steps, [num_samples * (L - 1) / s for s in seconds], marker='o', label=f"{name} {sampler}")
-    for r, style in zip(generation[:2], ('k--', 'k:')):
-        ax.axhline(num_samples * (L - 1) / r['seconds'], color=style[0], linestyle=style[1:], label=r['name'])
-    ax.set_xscale('log', base=2)
+    fig, ax = plt.subplots(figsize=(8, 6), layout='constrained')
+    plot_samplers(ax, generation, lambda r: num_samples * (L - 1) / r['seconds'])
+    for r, style in zip(generation[:2], (':', '--')): # AR without and with the KV cache
+        ax.axhline(num_samples * (L - 1) / r['seconds'], color='k', linestyle=style, label=r['name'])
     ax.set_yscale('log')
-    ax.set_xlabel('diffusion steps')
     ax.set_ylabel('generated tokens/s')
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(loc='outside lower center', ncol=2, fontsize=8)
     fig.savefig(os.path.join(out, 'generation_speed.png'), dpi=100)
     plt.close('all')
     return ['sample_quality.png', 'proofreading.png', 'generation_speed.png']

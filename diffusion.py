@@ -281,7 +281,7 @@ def masked_fraction(progress, schedule):
 
 @torch.no_grad()
 def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k=None, top_p=None,
-                      generator=None, remask='none', on_step=None):
+                      generator=None, remask='none', order='confidence', on_step=None):
     """MaskGIT/LLaDA-style sampling. Each step proposes a word at every masked position
     ([MASK] and [WRONG] forbidden) and commits the most confident proposals (confidence =
     the model's probability of the proposed word, at temperature 1, so that greedy
@@ -297,8 +297,13 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
                         probability of its current word against the other words and
                         [WRONG]), so a doubtful one may go back to [MASK] while a better
                         proposal is committed instead, at every step but the last.
+    order='random' commits a random choice of the proposals instead of the most confident
+    ones: the ancestral sampler of masked diffusion (MDLM), which keeps the model's
+    diversity, where committing the surest tokens first drifts toward frequent words.
     At most `steps` forward passes; on_step(step, tokens) is called after each.
     Returns (tokens, forward_passes)."""
+    if order not in ('confidence', 'random'):
+        raise ValueError(f"unknown order {order!r} (use 'confidence' or 'random')")
     if steps < 1:
         raise ValueError(f"confidence_sample needs steps >= 1, got {steps}")
     if remask not in ('none', 'wrong', 'low_confidence'):
@@ -329,7 +334,9 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
             write = ~fixed & (rank_descending(confidence) < n_written[:, None])
             x = torch.where(fixed, x, torch.where(write, candidate, mask_id))
         else:
-            confidence = token_probs(words, proposal).masked_fill(~masked, float('-inf'))
+            confidence = token_probs(words, proposal) if order == 'confidence' else \
+                torch.rand(x.shape, generator=generator, device=x.device)
+            confidence = confidence.masked_fill(~masked, float('-inf'))
             commit = masked & (rank_descending(confidence) < (n_masked - keep_masked)[:, None])
             x_new = torch.where(commit, proposal, x)
             if remask == 'wrong' and not last:

@@ -20,13 +20,12 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
 from configurator import UserError, configure
 import diffusion
-from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer
+from loading import setup_device, MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (ckpt.pt)
@@ -39,6 +38,7 @@ sampler = 'confidence' # 'confidence' (commit the surest tokens, a fixed number 
 steps = 64 # confidence (and proofread): forward passes to write all masked tokens
 max_steps = 100 # refine: steps before one last pass fills whatever is still masked
 schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
+order = 'confidence' # confidence: which proposals to commit, 'confidence' (surest first) or 'random' (MDLM's ancestral order)
 remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
 temperature = 0.8 # 1.0 = the model's distribution, < 1.0 more conservative, 0 = greedy
 top_k = None # sample only among the top_k most likely tokens (None = all)
@@ -90,6 +90,8 @@ if schedule not in ('cosine', 'linear'):
     raise UserError(f"schedule must be 'cosine' or 'linear', not {schedule!r}")
 if remask not in ('none', 'wrong', 'low_confidence'):
     raise UserError(f"remask must be 'none', 'wrong' or 'low_confidence', not {remask!r}")
+if order not in ('confidence', 'random'):
+    raise UserError(f"order must be 'confidence' or 'random', not {order!r}")
 if sampler == 'refine' and (remask != 'none' or proofread):
     raise UserError(f"--{'remask' if remask != 'none' else 'proofread'} works with the confidence sampler: drop --sampler=refine "
                     "(refine always rewrites the tokens it flags as [WRONG])")
@@ -106,15 +108,7 @@ if length is not None and (not isinstance(length, int) or length < 1):
 if trajectory and not trajectory.endswith('.html'):
     raise UserError(f"--trajectory writes an HTML page: give it a path ending in .html, not {trajectory!r}")
 
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
-if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
-torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+device, device_type, dtype, ctx = setup_device(device, dtype)
 
 model, checkpoint = load_model(out_dir, device, 'diffusion', 'generate_diffusion.py')
 encode, decode = load_tokenizer(checkpoint['config']['dataset'])
@@ -241,7 +235,7 @@ with ctx:
         flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask, **sampling)
         written = flags
     elif sampler == 'confidence':
-        y, passes = diffusion.confidence_sample(model, x, steps, schedule=schedule, remask=remask, **sampling)
+        y, passes = diffusion.confidence_sample(model, x, steps, schedule=schedule, remask=remask, order=order, **sampling)
         written = x == mask_id
     else:
         y, passes = diffusion.refine_sample(model, x, max_steps, **sampling)

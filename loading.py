@@ -7,6 +7,7 @@ Every failure a user can cause is a UserError: one line that says what to do.
 
 import json
 import os
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -17,6 +18,27 @@ from model import GPT, GPTConfig
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 CHECKPOINT_NAME = 'ckpt.pt'
 MASK_GLYPH, WRONG_GLYPH = '\u2591', '\u2717' # how [MASK] and [WRONG] are shown in decoded text
+
+# ----------------------------------------------------------------------------
+# device
+
+def setup_device(device, dtype):
+    """Resolve 'auto' device (cuda > mps > cpu) and dtype (bfloat16 on CUDA if supported,
+    else float16; float32 elsewhere). Returns (device, device_type, dtype name, autocast
+    context: mixed precision on CUDA only, a no-op elsewhere)."""
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
+    if dtype == 'auto':
+        dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise UserError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', not {dtype!r}")
+    torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
+    torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    return device, device_type, dtype, ctx
+
 
 # ----------------------------------------------------------------------------
 # data

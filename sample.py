@@ -6,12 +6,11 @@ Diffusion checkpoints are sampled with generate_diffusion.py.
 """
 
 import time
-from contextlib import nullcontext
 
 import torch
 
 from configurator import UserError, configure
-from loading import gpt2_encoding, load_model, load_tokenizer
+from loading import setup_device, gpt2_encoding, load_model, load_tokenizer
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -39,16 +38,8 @@ if num_samples < 1 or max_new_tokens < 1:
 if init_from != 'resume' and not init_from.startswith('gpt2'):
     raise UserError(f"init_from must be 'resume' or a gpt2 variant ('gpt2', 'gpt2-medium', ...), not {init_from!r}")
 
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
-if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+device, device_type, dtype, ctx = setup_device(device, dtype)
 torch.manual_seed(seed)
-torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
-torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
 # model and tokenizer
 if init_from == 'resume':

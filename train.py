@@ -11,7 +11,6 @@ loss_type='seed' (the [MASK]/[WRONG] task-weighted recipe) or 'elbo' (masked dif
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import torch
@@ -20,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError, configure
 import diffusion
-from loading import dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint, save_checkpoint
+from loading import dataset_vocab_size, setup_device, get_batch, load_checkpoint, load_split, model_from_checkpoint, save_checkpoint
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -92,11 +91,7 @@ if loss_type not in ('seed', 'elbo'):
     raise UserError(f"loss_type must be 'seed' or 'elbo', not {loss_type!r}")
 if not 0 < target_mask_prob < 1:
     raise UserError(f"target_mask_prob must be strictly between 0 and 1, not {target_mask_prob}")
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
-if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+device, device_type, dtype, ctx = setup_device(device, dtype)
 
 # various inits, derived attributes, I/O setup
 ddp = int(os.environ.get('RANK', -1)) != -1 # is this a ddp run?
@@ -130,10 +125,6 @@ if master_process:
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
     os.makedirs(out_dir, exist_ok=True)
 torch.manual_seed(seed + seed_offset)
-torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
-torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
 # data: batches are drawn with our own generators, saved in checkpoints for exact resume
 train_data, val_data = load_split(dataset, 'train'), load_split(dataset, 'val')

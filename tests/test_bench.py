@@ -60,9 +60,19 @@ def test_bench_end_to_end(checkpoints):
                    '| model | objective | parameters | ms/iteration | tokens/s | vs AR |'):
         assert header in results, header
     assert '| seed | ELBO bound (not its objective) |' in results and '| elbo | ELBO bound |' in results
-    # one sample-quality row per generator: val text, AR, and 2 models x 3 samplers x 2 step counts
+    # one sample-quality row per generator: val text, AR, and every model x sampler x step count
     quality = results.split('## Sample quality')[1].split('## Proofreading')[0]
-    assert sum(line.startswith('| ') for line in quality.splitlines()) == 1 + 2 + 2 * 3 * 2
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in quality.splitlines()
+            if line.startswith('| ') and not line.startswith('| model')]
+    assert [row[:2] for row in rows[:2]] == [['val text', 'reference'], ['ar', 'autoregressive']]
+    for name in ('seed', 'elbo'):
+        steps = {}
+        for model, sampler, step, passes, nll, entropy, rep in rows[2:]:
+            if model == name:
+                steps.setdefault(sampler, []).append(step)
+                assert 0 < float(nll) < 10 and 0 <= float(rep) <= 1
+        assert {'refine', 'confidence', 'confidence+wrong'} <= set(steps)
+        assert all(v == ['2', '4'] for v in steps.values())
     assert 'judge NLL' in r.stdout # the tables are printed too
     assert (out / 'samples.txt').is_file()
     try:
