@@ -34,9 +34,9 @@ template = '' # a whole sequence with [MASK] / [MASK*N] placeholders to fill in,
 proofread = '' # a text to check and correct, or "FILE:path"
 num_samples = 4 # samples drawn in parallel, as one batch
 length = None # tokens per sample, prompt included; None = the model's block_size
-sampler = 'confidence' # 'confidence' (commit the surest tokens, a fixed number of steps) or 'refine' (the seed's loop)
+sampler = 'refine' # 'refine' (the seed's loop: best judge NLL at a healthy entropy in bench.py) or 'confidence' (commit the surest tokens, a fixed number of steps)
 steps = 64 # confidence (and proofread): forward passes to write all masked tokens
-max_steps = 100 # refine: steps before one last pass fills whatever is still masked
+max_steps = 128 # refine: steps before one last pass fills whatever is still masked
 schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
 order = 'confidence' # confidence: which proposals to commit, 'confidence' (surest first) or 'random' (MDLM's ancestral order)
 remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
@@ -92,8 +92,8 @@ if remask not in ('none', 'wrong', 'low_confidence'):
     raise UserError(f"remask must be 'none', 'wrong' or 'low_confidence', not {remask!r}")
 if order not in ('confidence', 'random'):
     raise UserError(f"order must be 'confidence' or 'random', not {order!r}")
-if sampler == 'refine' and (remask != 'none' or proofread):
-    raise UserError(f"--{'remask' if remask != 'none' else 'proofread'} works with the confidence sampler: drop --sampler=refine "
+if sampler == 'refine' and (remask != 'none' or order != 'confidence') and not proofread:
+    raise UserError(f"--{'remask' if remask != 'none' else 'order'} works with the confidence sampler: add --sampler=confidence "
                     "(refine always rewrites the tokens it flags as [WRONG])")
 if steps < 1 or max_steps < 0 or num_samples < 1:
     raise UserError("steps and num_samples must be at least 1 and max_steps at least 0")

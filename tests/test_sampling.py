@@ -247,7 +247,7 @@ def read_samples(path):
 
 def test_generate_prefix(checkpoints, monkeypatch, capsys, tmp_path):
     out = run_script(monkeypatch, capsys, 'generate_diffusion.py', f'--out_dir={checkpoints["diffusion"]}', '--start=ab\\ncd',
-                     '--num_samples=3', '--length=20', '--steps=5', f'--output={tmp_path / "s.txt"}', '--device=cpu')
+                     '--num_samples=3', '--length=20', '--sampler=confidence', '--steps=5', f'--output={tmp_path / "s.txt"}', '--device=cpu')
     samples = read_samples(tmp_path / 's.txt')
     assert len(samples) == 3 and out.count('---------------') == 3
     for s in samples:
@@ -291,6 +291,7 @@ def test_generate_proofread(checkpoints, monkeypatch, capsys, tmp_path):
     (['--start=FILE:/nonexistent/prompt.txt'], 'no file at /nonexistent/prompt.txt'),
     (['--template=[MASK*40]'], 'longer than the model'),
     (['--sampler=refine', '--remask=wrong'], 'works with the confidence sampler'),
+    (['--order=random'], 'works with the confidence sampler'),
     (['--trajectory=t.txt'], 'ending in .html'),
 ])
 def test_generate_user_errors(checkpoints, monkeypatch, capsys, args, message):
