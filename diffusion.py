@@ -102,13 +102,17 @@ def get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters, pro
     return penalty_mask_correct * ramp(it, masking_warmup_iters), ramp(it, proofreading_warmup_iters)
 
 
+def forbid(logits, *token_ids):
+    """logits with the given token ids made impossible."""
+    keep = torch.ones(logits.size(-1), dtype=torch.bool, device=logits.device)
+    keep[list(token_ids)] = False
+    return logits.masked_fill(~keep, float('-inf'))
+
+
 def word_log_probs(logits, mask_token_id, exclude_wrong=True):
     """log-softmax over the words only: [MASK] (and, unless asked, [WRONG]) excluded."""
-    keep = torch.ones(logits.size(-1), dtype=torch.bool, device=logits.device)
-    keep[mask_token_id] = False
-    if exclude_wrong:
-        keep[mask_token_id + 1] = False
-    return F.log_softmax(logits.float().masked_fill(~keep, float('-inf')), dim=-1)
+    excluded = (mask_token_id, mask_token_id + 1) if exclude_wrong else (mask_token_id,)
+    return F.log_softmax(forbid(logits.float(), *excluded), dim=-1)
 
 
 def task_weighted_loss(logits, inputs, targets, rate, mask_token_id, wrong_token_id,
@@ -221,13 +225,6 @@ def sample_tokens(logits, temperature, top_k, top_p, generator):
         return logits.argmax(-1) # no random draw, so greedy sampling is deterministic
     probs = logits.softmax(-1)
     return torch.multinomial(probs.view(-1, probs.size(-1)), 1, generator=generator).view(probs.shape[:-1])
-
-
-def forbid(logits, *token_ids):
-    """logits with the given token ids made impossible."""
-    keep = torch.ones(logits.size(-1), dtype=torch.bool, device=logits.device)
-    keep[list(token_ids)] = False
-    return logits.masked_fill(~keep, float('-inf'))
 
 
 def denoiser_logits(model, x):

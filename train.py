@@ -168,18 +168,16 @@ else:
         source = load_checkpoint(init_from)
         if source['model_args']['model_type'] != 'gpt2':
             raise UserError(f"{init_from} holds a '{source['model_args']['model_type']}' model; init_from a directory needs an autoregressive one (to continue a run use init_from='resume')")
+        source['model_args']['dropout'] = dropout
         model = model_from_checkpoint(source)
-        model.config.dropout = dropout
     if meta_vocab_size is not None and model.config.vocab_size != meta_vocab_size:
         raise UserError(f"{init_from} has a vocabulary of {model.config.vocab_size} tokens but {dataset} has {meta_vocab_size}: train on the same tokenizer")
     if model_type == 'diffusion':
         if time_conditioning:
             raise UserError("time_conditioning is not available when starting from an autoregressive model: set --time_conditioning=False")
         model.to_diffusion() # bidirectional attention, embedding grown by [MASK] and [WRONG]
-    model_args = asdict(model.config)
 if block_size < model.config.block_size:
     model.crop_block_size(block_size) # model surgery to a smaller context
-model_args = asdict(model.config)
 model.to(device)
 diffusion_mode = model.config.model_type == 'diffusion'
 mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
