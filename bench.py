@@ -41,7 +41,7 @@ seed = 1337
 eval_batches = 20 # val batches, the same for every model of one block_size
 batch_size = 16 # rows per val batch and per timed training iteration
 # sample quality
-num_samples = 16 # samples per generator, drawn as one batch
+num_samples = 16 # samples per generator, drawn as one batch (16 keeps the CPU run to a few minutes)
 sample_length = 128 # tokens per sample, the first one given (a val token): at most every diffusion model's block_size
 temperature = 1.0 # of every generator, AR and diffusion alike, so their samples compare
 step_counts = '8,16,32,64,128' # diffusion steps (max_steps for refine), comma-separated
@@ -78,7 +78,8 @@ if not all(0 <= r < 1 for r in proofread_rates):
 if temperature <= 0:
     raise UserError(f"temperature must be > 0 (AR sampling has no greedy mode here), got {temperature}")
 if min(eval_batches, batch_size, num_samples, repetition_n, proofread_steps, speed_iters) < 1:
-    raise UserError("eval_batches, batch_size, num_samples, repetition_n, proofread_steps and speed_iters must all be at least 1")
+    raise UserError("eval_batches, batch_size, num_samples, repetition_n, proofread_steps and speed_iters "
+                    "must all be at least 1")
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
@@ -112,7 +113,8 @@ names = short if len(set(short.values())) == len(paths) else {p: p for p in path
 ar_name = names[os.path.normpath(ar_dir)]
 ar_model, ar_ckpt = load(ar_dir, 'gpt2', 'ar_dir')
 judge, judge_ckpt = (ar_model, ar_ckpt) if judge_dir == ar_dir else load(judge_dir, 'gpt2', 'judge_dir')
-models = [(names[os.path.normpath(d)], *load(d, 'diffusion', 'diffusion_dirs')) for d in diffusion_dirs] # (name, model, checkpoint)
+# (name, model, checkpoint) of every diffusion model
+models = [(names[os.path.normpath(d)], *load(d, 'diffusion', 'diffusion_dirs')) for d in diffusion_dirs]
 dataset = ar_ckpt['config']['dataset']
 vocab = ar_model.config.vocab_size
 for key, name, model, checkpoint in [('judge_dir', judge_dir, judge, judge_ckpt)] + [('diffusion_dirs', *m) for m in models]:
@@ -127,8 +129,11 @@ if not max(2, repetition_n) <= sample_length <= max_length:
 val_data = load_split(dataset, 'val')
 decode = load_tokenizer(dataset)[1]
 os.makedirs(out, exist_ok=True)
+# timings are only meaningful on an otherwise idle machine: say how busy it was
+busy = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, 'getloadavg') else ''
 report = [f"# nanoGPT-diffusion benchmark\n",
-          f"dataset `{dataset}`, device `{device}` ({dtype}), seed {seed}, torch {torch.__version__}. "
+          f"dataset `{dataset}`, device `{device}` ({dtype}), {os.cpu_count()} CPU cores{busy}, seed {seed}, "
+          f"torch {torch.__version__}. "
           f"Settings: eval_batches={eval_batches}, batch_size={batch_size}, num_samples={num_samples}, "
           f"sample_length={sample_length}, temperature={temperature}, proofread_steps={proofread_steps}, "
           f"speed_iters={speed_iters}.\n"]
@@ -186,7 +191,8 @@ with torch.no_grad():
         noise = torch.Generator(device=device).manual_seed(seed + 1)
         bound = []
         for x, _ in batches:
-            inputs, targets, _, elbo_weight, m = diffusion.corrupt_mask_only(x, noise, mask_id, checkpoint['config'].get('noise_schedule', 'linear'))
+            schedule = checkpoint['config'].get('noise_schedule', 'linear')
+            inputs, targets, _, elbo_weight, m = diffusion.corrupt_mask_only(x, noise, mask_id, schedule)
             with ctx:
                 logits, _ = model(inputs, noise_level=m)
             bound.append(diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id)[0].item())
@@ -201,8 +207,8 @@ with torch.no_grad():
                 losses.append(diffusion.masked_cross_entropy(logits, inputs, x, mask_id).item())
             masked_ce.append(fmt(np.mean(losses)))
         b = np.mean(bound)
-        rows.append([name, objective(checkpoint), 'ELBO bound' + (' (not its objective)' if objective(checkpoint) != 'elbo' else ''),
-                     fmt(b, 4), fmt(b / math.log(2), 4)] + masked_ce)
+        measure = 'ELBO bound' if objective(checkpoint) == 'elbo' else 'ELBO bound (not its objective)'
+        rows.append([name, objective(checkpoint), measure, fmt(b, 4), fmt(b / math.log(2), 4)] + masked_ce)
 section('Validation loss', [
     f"{eval_batches} val batches of {batch_size} rows of each model's block_size (fixed seed).",
     "AR: mean next-token NLL. Diffusion: the continuous-time ELBO of masked diffusion, one noise level t per row "
@@ -227,7 +233,8 @@ def add_sample(name, sampler, steps, tokens, passes, seconds):
     row = dict(name=name, sampler=sampler, steps=steps, passes=passes, seconds=seconds, nll=judge_nll(judge, tokens),
                entropy=unigram_entropy(tokens), rep=repetition(tokens, repetition_n))
     quality.append(row)
-    samples_txt.append(f"==== {name} | {sampler} | steps {steps} | judge NLL {row['nll']:.3f} ====\n{decode(tokens[0].tolist())}\n")
+    samples_txt.append(f"==== {name} | {sampler} | steps {steps} | judge NLL {row['nll']:.3f} ====\n"
+                       f"{decode(tokens[0].tolist())}\n")
 
 
 with ctx:
@@ -248,7 +255,8 @@ with ctx:
                 (tokens, passes), seconds = timed(lambda: sample_fn(model, x, steps, temperature=temperature,
                                                                     generator=generator, **kwargs))
                 add_sample(name, sampler, steps, tokens, passes, seconds)
-                print(f"{name} {sampler} {steps} steps: judge NLL {quality[-1]['nll']:.3f}, {passes} passes, {seconds:.2f}s", flush=True)
+                print(f"{name} {sampler} {steps} steps: judge NLL {quality[-1]['nll']:.3f}, {passes} passes, "
+                      f"{seconds:.2f}s", flush=True)
 with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(samples_txt))
 judge_note = ("The judge is the AR baseline itself, so the AR samples are scored by the model that wrote them "
@@ -369,7 +377,8 @@ with ctx:
     for use_kv_cache in (False, True):
         _, seconds = timed(lambda: twin.generate(first, L - 1, temperature=temperature, use_kv_cache=use_kv_cache,
                                                   generator=torch.Generator(device=device).manual_seed(seed)))
-        generation.append(dict(name='AR' + (' + KV cache' if use_kv_cache else ''), sampler='autoregressive', steps='-', passes=L - 1, seconds=seconds))
+        generation.append(dict(name='AR + KV cache' if use_kv_cache else 'AR', sampler='autoregressive', steps='-',
+                               passes=L - 1, seconds=seconds))
 generation += [r for r in quality if r['seconds'] is not None and r['sampler'] != 'autoregressive']
 ar_kv_speed = num_samples * (L - 1) / generation[1]['seconds']
 section('Generation speed', [

@@ -1,13 +1,10 @@
 """Tests for metrics.py: every metric on a tiny input whose answer is known by hand."""
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from metrics import char_error_rate, detection_prf, judge_nll, repetition, substitute_tokens, unigram_entropy
 from model import GPT, GPTConfig
 
