@@ -53,7 +53,7 @@ def _check(key, value, namespace, known, source):
         hint = f"; did you mean {', '.join(close)}?" if close else "; see the globals at the top of the script"
         raise UserError(f"unknown config key '{key}' (from {source}){hint}")
     default = namespace[key]
-    if default is None or value is None:
+    if default is None:
         return value
     if isinstance(default, bool) or isinstance(value, bool):
         if isinstance(default, bool) and isinstance(value, bool):

@@ -47,6 +47,11 @@ def test_later_arguments_win():
     assert ns['batch_size'] == 3
 
 
+def test_none_only_where_the_default_is_none():
+    with pytest.raises(UserError, match="batch_size.*expects int"):
+        configure(defaults(), ['--batch_size=None'])
+
+
 def test_int_accepted_for_float():
     ns = defaults()
     configure(ns, ['--learning_rate=1'])
