@@ -17,7 +17,6 @@ Everything but the timings is the same on every run with the same seed and devic
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 
 from configurator import UserError, configure
 import diffusion
-from loading import get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint
+from loading import get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint, setup_device
 from metrics import char_error_rate, detection_prf, judge_nll, repetition, substitute_tokens, unigram_entropy
 from model import GPT, GPTConfig
 
@@ -80,15 +79,7 @@ if temperature <= 0:
 if min(eval_batches, batch_size, num_samples, repetition_n, proofread_steps, speed_iters) < 1:
     raise UserError("eval_batches, batch_size, num_samples, repetition_n, proofread_steps and speed_iters "
                     "must all be at least 1")
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
-if dtype == 'auto':
-    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
+device, device_type, dtype, ctx = setup_device(device, dtype)
 t_start = time.time()
 
 

@@ -25,7 +25,7 @@ import torch
 
 from configurator import UserError, configure
 import diffusion
-from loading import setup_device, MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer
+from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, setup_device
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (ckpt.pt)

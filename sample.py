@@ -10,7 +10,7 @@ import time
 import torch
 
 from configurator import UserError, configure
-from loading import setup_device, gpt2_encoding, load_model, load_tokenizer
+from loading import gpt2_encoding, load_model, load_tokenizer, setup_device
 from model import GPT
 
 # -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError, configure
 import diffusion
-from loading import dataset_vocab_size, setup_device, get_batch, load_checkpoint, load_split, model_from_checkpoint, save_checkpoint
+from loading import dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint, save_checkpoint, setup_device
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
