@@ -178,6 +178,8 @@ else:
         model.to_diffusion() # bidirectional attention, embedding grown by [MASK] and [WRONG]
 if block_size < model.config.block_size:
     model.crop_block_size(block_size) # model surgery to a smaller context
+elif block_size > model.config.block_size:
+    raise UserError(f"the model from init_from='{init_from}' has block_size {model.config.block_size}: set --block_size={model.config.block_size} or less")
 model.to(device)
 diffusion_mode = model.config.model_type == 'diffusion'
 mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id

@@ -221,6 +221,10 @@ def test_init_diffusion_from_an_ar_checkpoint(training_runs, run_train, tiny_arg
     r = run_train(*tiny_args, '--model_type=diffusion', f'--init_from={diff_dir}', '--max_iters=1',
                   f'--out_dir={tmp_path / "again"}')
     assert 'autoregressive' in one_line_error(r)
+    # a context longer than the AR model's cannot be grown: one line, not a deep assert
+    r = run_train(*tiny_args, '--model_type=diffusion', f'--init_from={ar_dir}', '--block_size=64', '--max_iters=1',
+                  f'--out_dir={tmp_path / "longer"}')
+    assert 'has block_size 32: set --block_size=32 or less' in one_line_error(r)
 
 
 # ----------------------------------------------------------------------------
