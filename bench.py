@@ -122,7 +122,7 @@ decode = load_tokenizer(dataset)[1]
 os.makedirs(out, exist_ok=True)
 # timings are only meaningful on an otherwise idle machine: say how busy it was
 busy = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, 'getloadavg') else ''
-report = [f"# nanoGPT-diffusion benchmark\n",
+report = ["# nanoGPT-diffusion benchmark\n",
           f"dataset `{dataset}`, device `{device}` ({dtype}), {os.cpu_count()} CPU cores{busy}, seed {seed}, "
           f"torch {torch.__version__}. "
           f"Settings: eval_batches={eval_batches}, batch_size={batch_size}, num_samples={num_samples}, "

@@ -16,7 +16,6 @@ Masks are shown as \u2591, flagged tokens as \u2717.
 
 import html
 import json
-import os
 import re
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 
 from configurator import UserError, configure
 import diffusion
-from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, setup_device
+from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, read_text, setup_device
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (ckpt.pt)
@@ -54,18 +53,6 @@ configure(globals())
 # -----------------------------------------------------------------------------
 SEPARATOR = '---------------'
 PLACEHOLDER = re.compile(r'\[MASK(?:\*(\d+))?\]')
-
-
-def read_text(value, name):
-    """The text of an option: the contents of FILE:path, or as typed, where \\n stands for
-    a newline (a shell passes "\\n" on as a backslash and an n)."""
-    if not value.startswith('FILE:'):
-        return value.replace('\\n', '\n')
-    path = value[len('FILE:'):]
-    if not os.path.isfile(path):
-        raise UserError(f"--{name}: no file at {path}")
-    with open(path, encoding='utf-8') as f:
-        return f.read()
 
 
 def parse_template(text, encode, mask_id):

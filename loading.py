@@ -131,7 +131,19 @@ def load_model(out_dir, device, model_type, script):
 
 
 # ----------------------------------------------------------------------------
-# tokenizers
+# prompts and tokenizers
+
+def read_text(value, name):
+    """The text of an option: the contents of FILE:path, or as typed, where \\n stands for
+    a newline (a shell passes "\\n" on as a backslash and an n)."""
+    if not value.startswith('FILE:'):
+        return value.replace('\\n', '\n')
+    path = value[len('FILE:'):]
+    if not os.path.isfile(path):
+        raise UserError(f"--{name}: no file at {path}")
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
 
 def gpt2_encoding():
     import tiktoken

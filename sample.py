@@ -10,7 +10,7 @@ import time
 import torch
 
 from configurator import UserError, configure
-from loading import gpt2_encoding, load_model, load_tokenizer, setup_device
+from loading import gpt2_encoding, load_model, load_tokenizer, read_text, setup_device
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -54,14 +54,7 @@ if compile:
     model.forward = torch.compile(model.forward, dynamic=True)
 
 # encode the beginning of the prompt
-if start.startswith('FILE:'):
-    try:
-        with open(start[5:], 'r', encoding='utf-8') as f:
-            start = f.read()
-    except OSError as e:
-        raise UserError(f"--start: cannot read {start[5:]} ({e.strerror})")
-else:
-    start = start.replace('\\n', '\n') # a shell passes "\\n" on as a backslash and an n
+start = read_text(start, 'start')
 start_ids = encode(start)
 if not start_ids:
     raise UserError("the prompt is empty: an autoregressive model needs at least one token to continue (e.g. --start='\\n')")

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import diffusion
 from diffusion import (corrupt, corrupt_fixed_fraction, corrupt_mask_only, elbo_loss, get_corruption_scheduler,
                        mask_schedule, mask_statistics, masked_cross_entropy, task_weighted_loss, update_mask_bias)
 
