@@ -187,16 +187,9 @@ with torch.no_grad():
             with ctx:
                 logits, _ = model(inputs, noise_level=m)
             bound.append(diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id)[0].item())
-        masked_ce = []
-        for fraction in fractions:
-            noise = torch.Generator(device=device).manual_seed(seed + 2)
-            losses = []
-            for x, _ in batches:
-                inputs = diffusion.corrupt_fixed_fraction(x, noise, mask_id, fraction)
-                with ctx:
-                    logits, _ = model(inputs, noise_level=torch.full((x.size(0),), fraction, device=device))
-                losses.append(diffusion.masked_cross_entropy(logits, inputs, x, mask_id).item())
-            masked_ce.append(fmt(np.mean(losses)))
+        masked_ce = [fmt(diffusion.masked_val_loss(model, [x for x, _ in batches], mask_id, fraction,
+                                                   torch.Generator(device=device).manual_seed(seed + 2), ctx))
+                     for fraction in fractions]
         b = np.mean(bound)
         measure = 'ELBO bound' if objective(checkpoint) == 'elbo' else 'ELBO bound (not its objective)'
         rows.append([name, objective(checkpoint), measure, fmt(b, 4), fmt(b / math.log(2), 4)] + masked_ce)

@@ -10,6 +10,7 @@ Everything is vectorised over the batch: no Python loop over rows, no host sync 
 """
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch.nn import functional as F
@@ -47,9 +48,7 @@ def corrupt(x, generator, mask_token_id, wrong_token_id, guaranteed_correct_fact
     rate_mask = total - rate_random
     n_mask, n_random = (T * rate_mask).long(), (T * rate_random).long()
     masked, randomised = random_positions((B, T), [n_mask, n_random], generator, x.device)
-    # adding 1..V-1 modulo V can never give back the original token
-    shift = torch.randint(1, vocab, (B, T), generator=generator, device=x.device)
-    inputs = torch.where(masked, mask_token_id, torch.where(randomised, (x + shift) % vocab, x))
+    inputs = torch.where(masked, mask_token_id, torch.where(randomised, random_other_tokens(x, vocab, generator), x))
     targets = torch.where(randomised, wrong_token_id, x)
     return inputs, targets, total
 
@@ -78,12 +77,23 @@ def corrupt_mask_only(x, generator, mask_token_id, schedule, t_min=1e-3):
     return torch.where(masked, mask_token_id, x), x, t, elbo_weight, m
 
 
-def corrupt_fixed_fraction(x, generator, mask_token_id, fraction):
-    """Mask exactly int(T * fraction) random positions of every row (masked val loss)."""
+def random_other_tokens(x, vocab, generator):
+    """A random token of the base vocabulary (size vocab) at every position of x, never
+    the one already there: adding 1..vocab-1 modulo vocab can never give it back."""
+    shift = torch.randint(1, vocab, x.shape, generator=generator, device=x.device)
+    return (x + shift) % vocab
+
+
+def exact_fraction_positions(x, fraction, generator):
+    """(B, T) bool: exactly int(T * fraction) random positions in every row of x."""
     B, T = x.shape
     counts = torch.full((B,), int(T * fraction), dtype=torch.long, device=x.device)
-    masked, = random_positions((B, T), [counts], generator, x.device)
-    return torch.where(masked, mask_token_id, x)
+    return random_positions((B, T), [counts], generator, x.device)[0]
+
+
+def corrupt_fixed_fraction(x, generator, mask_token_id, fraction):
+    """Mask exactly int(T * fraction) random positions of every row (masked val loss)."""
+    return torch.where(exact_fraction_positions(x, fraction, generator), mask_token_id, x)
 
 
 # ----------------------------------------------------------------------------
@@ -165,6 +175,19 @@ def masked_cross_entropy(logits, inputs, targets, mask_token_id):
     ce = -word_log_probs(logits, mask_token_id).gather(-1, targets[..., None]).squeeze(-1)
     masked = inputs == mask_token_id
     return (ce * masked).sum() / masked.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def masked_val_loss(model, batches, mask_token_id, fraction, generator, ctx=nullcontext()):
+    """Mean masked_cross_entropy over batches of clean text (B, T) with exactly fraction
+    of every row masked: the fixed-seed masked val loss of train.py and bench.py."""
+    losses = []
+    for x in batches:
+        inputs = corrupt_fixed_fraction(x, generator, mask_token_id, fraction)
+        with ctx:
+            logits, _ = model(inputs, noise_level=torch.full((x.size(0),), fraction, device=x.device))
+        losses.append(masked_cross_entropy(logits, inputs, x, mask_token_id))
+    return torch.stack(losses).mean().item()
 
 
 def mask_statistics(logits, inputs, mask_token_id, mask_logit_bias):

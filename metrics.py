@@ -9,7 +9,7 @@ tensors, so that each one can be checked on a tiny input with a known answer:
 import torch
 from torch.nn import functional as F
 
-from diffusion import random_positions
+from diffusion import exact_fraction_positions, random_other_tokens
 
 # ----------------------------------------------------------------------------
 # sample quality
@@ -73,12 +73,8 @@ def substitute_tokens(x, rate, vocab, generator):
     """Replace exactly int(T * rate) random positions of every row of x (B, T) with a
     random token of the base vocabulary that is never the original one. Returns the
     corrupted tokens and the (B, T) bool truth mask of the substituted positions."""
-    B, T = x.shape
-    counts = torch.full((B,), int(T * rate), dtype=torch.long, device=x.device)
-    truth, = random_positions((B, T), [counts], generator, x.device)
-    # adding 1..vocab-1 modulo vocab can never give back the original token
-    shift = torch.randint(1, vocab, (B, T), generator=generator, device=x.device)
-    return torch.where(truth, (x + shift) % vocab, x), truth
+    truth = exact_fraction_positions(x, rate, generator)
+    return torch.where(truth, random_other_tokens(x, vocab, generator), x), truth
 
 
 def detection_prf(flags, truth):

@@ -247,17 +247,11 @@ def estimate_loss():
             losses[k] = model_loss(x, y, eval_noise, max(max_iters, masking_warmup_iters, proofreading_warmup_iters))[0].item()
         out[split] = losses.mean().item()
     if diffusion_mode:
+        batch_generator = torch.Generator().manual_seed(seed + seed_offset)
+        batches = [get_batch(val_data, batch_size, block_size, batch_generator, device)[0] for _ in range(eval_iters)]
         for fraction in (0.15, 0.5, 0.9):
-            batch_generator = torch.Generator().manual_seed(seed + seed_offset)
             eval_noise = torch.Generator(device=device).manual_seed(seed + 2 + seed_offset)
-            losses = torch.zeros(eval_iters)
-            for k in range(eval_iters):
-                x, _ = get_batch(val_data, batch_size, block_size, batch_generator, device)
-                inputs = diffusion.corrupt_fixed_fraction(x, eval_noise, mask_id, fraction)
-                with ctx:
-                    logits, _ = model(inputs, noise_level=torch.full((x.size(0),), fraction, device=device))
-                losses[k] = diffusion.masked_cross_entropy(logits, inputs, x, mask_id).item()
-            out[f'masked{int(fraction * 100)}'] = losses.mean().item()
+            out[f'masked{int(fraction * 100)}'] = diffusion.masked_val_loss(model, batches, mask_id, fraction, eval_noise, ctx)
     model.train()
     return out
 
