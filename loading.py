@@ -145,13 +145,28 @@ def read_text(value, name):
         return f.read()
 
 
-def gpt2_encoding():
+def gpt2_tokenizer(vocab_size=50257):
+    """(encode, decode) of GPT-2 BPE through tiktoken; decode shows ids from vocab_size on
+    ([MASK], [WRONG] of a diffusion model) as visible glyphs."""
     import tiktoken
     try:
-        return tiktoken.get_encoding('gpt2')
+        enc = tiktoken.get_encoding('gpt2')
     except Exception as e:
         raise UserError(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): it downloads it once, "
                         "so run once with internet or set TIKTOKEN_CACHE_DIR to a folder that holds it")
+    specials = {vocab_size: MASK_GLYPH, vocab_size + 1: WRONG_GLYPH}
+
+    def decode(ids):
+        # decode runs of ordinary tokens, and show the special tokens between them
+        out, run = [], []
+        for i in ids:
+            if i >= vocab_size:
+                out += [enc.decode(run), specials[i]]
+                run = []
+            else:
+                run.append(i)
+        return ''.join(out + [enc.decode(run)])
+    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), decode
 
 
 def load_tokenizer(dataset):
@@ -177,16 +192,4 @@ def load_tokenizer(dataset):
         def decode(ids):
             return ''.join(specials[i] if i >= vocab_size else itos[i] for i in ids)
         return encode, decode
-    enc = gpt2_encoding()
-
-    def decode_bpe(ids):
-        # decode runs of ordinary tokens, and show the special tokens between them
-        out, run = [], []
-        for i in ids:
-            if i >= vocab_size:
-                out += [enc.decode(run), specials[i]]
-                run = []
-            else:
-                run.append(i)
-        return ''.join(out + [enc.decode(run)])
-    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), decode_bpe
+    return gpt2_tokenizer(vocab_size)

@@ -10,7 +10,7 @@ import time
 import torch
 
 from configurator import UserError, configure
-from loading import gpt2_encoding, load_model, load_tokenizer, read_text, setup_device
+from loading import gpt2_tokenizer, load_model, load_tokenizer, read_text, setup_device
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -47,8 +47,7 @@ if init_from == 'resume':
     encode, decode = load_tokenizer(checkpoint['config']['dataset'])
 else:
     model = GPT.from_pretrained(init_from, dict(dropout=0.0)).to(device).eval()
-    enc = gpt2_encoding()
-    encode, decode = lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}), enc.decode
+    encode, decode = gpt2_tokenizer()
 if compile:
     # generate() calls forward with a growing KV cache: compile forward itself, for any length
     model.forward = torch.compile(model.forward, dynamic=True)
