@@ -24,7 +24,7 @@ import torch
 
 from configurator import UserError, configure
 import diffusion
-from loading import get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint, setup_device
+from loading import get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint, setup_device, timed
 from metrics import char_error_rate, detection_prf, judge_nll, repetition, substitute_tokens, unigram_entropy
 from model import GPT, GPTConfig
 
@@ -145,20 +145,6 @@ def val_batches(block_size):
     return [get_batch(val_data, batch_size, block_size, g, device) for _ in range(eval_batches)]
 
 
-def sync():
-    if device_type == 'cuda':
-        torch.cuda.synchronize()
-
-
-def timed(fn):
-    """(fn(), seconds), with the device's queue drained on both sides."""
-    sync()
-    t0 = time.time()
-    result = fn()
-    sync()
-    return result, time.time() - t0
-
-
 def fmt(v, digits=3):
     return f"{v:.{digits}f}"
 
@@ -224,7 +210,7 @@ def add_sample(name, sampler, steps, tokens, passes, seconds):
 with ctx:
     add_sample('val text', 'reference', '-', reference, '-', None)
     ar_tokens, seconds = timed(lambda: ar_model.generate(first, L - 1, temperature=temperature,
-                                                          generator=torch.Generator(device=device).manual_seed(seed + 4)))
+                                                          generator=torch.Generator(device=device).manual_seed(seed + 4)), device_type)
     add_sample(ar_name, 'autoregressive', '-', ar_tokens, L - 1, seconds)
     samplers = {'refine': (diffusion.refine_sample, {}), 'confidence': (diffusion.confidence_sample, {}),
                 'confidence+wrong': (diffusion.confidence_sample, {'remask': 'wrong'}),
@@ -237,7 +223,7 @@ with ctx:
             for steps in step_counts:
                 generator = torch.Generator(device=device).manual_seed(seed + 4)
                 (tokens, passes), seconds = timed(lambda: sample_fn(model, x, steps, temperature=temperature,
-                                                                    generator=generator, **kwargs))
+                                                                    generator=generator, **kwargs), device_type)
                 add_sample(name, sampler, steps, tokens, passes, seconds)
                 print(f"{name} {sampler} {steps} steps: judge NLL {quality[-1]['nll']:.3f}, {passes} passes, "
                       f"{seconds:.2f}s", flush=True)
@@ -338,7 +324,7 @@ def training_speed(model_args, loss_type):
 
     for _ in range(2): # warm-up: allocations, kernel selection
         step()
-    _, seconds = timed(lambda: [step() for _ in range(speed_iters)])
+    _, seconds = timed(lambda: [step() for _ in range(speed_iters)], device_type)
     return batch_size * block * speed_iters / seconds, seconds / speed_iters, model.get_num_params()
 
 
@@ -360,7 +346,7 @@ with ctx:
     twin.generate(first, 2) # warm-up
     for use_kv_cache in (False, True):
         _, seconds = timed(lambda: twin.generate(first, L - 1, temperature=temperature, use_kv_cache=use_kv_cache,
-                                                  generator=torch.Generator(device=device).manual_seed(seed)))
+                                                  generator=torch.Generator(device=device).manual_seed(seed)), device_type)
         generation.append(dict(name='AR + KV cache' if use_kv_cache else 'AR', sampler='autoregressive', steps='-',
                                passes=L - 1, seconds=seconds))
 generation += [r for r in quality if r['seconds'] is not None and r['sampler'] != 'autoregressive']

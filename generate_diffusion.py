@@ -18,13 +18,12 @@ import html
 import json
 import re
 import sys
-import time
 
 import torch
 
 from configurator import UserError, configure
 import diffusion
-from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, read_text, setup_device
+from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, read_text, setup_device, timed
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (ckpt.pt)
@@ -214,27 +213,26 @@ show(0);
 generator = torch.Generator(device=device).manual_seed(seed)
 sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                 on_step=on_step if show_steps or trajectory else None)
-if device_type == 'cuda':
-    torch.cuda.synchronize()
-t0 = time.time()
-with ctx:
-    if proofread:
-        flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask, **sampling)
-        written = flags
-    elif sampler == 'confidence':
-        y, passes = diffusion.confidence_sample(model, x, steps, schedule=schedule, remask=remask, order=order, **sampling)
-        written = x == mask_id
-    else:
-        y, passes = diffusion.refine_sample(model, x, max_steps, **sampling)
-        written = x == mask_id
-if device_type == 'cuda':
-    torch.cuda.synchronize()
-elapsed = time.time() - t0
 
+
+def run():
+    """(tokens, forward passes, positions the sampler wrote) of the chosen mode."""
+    with ctx:
+        if proofread:
+            flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask, **sampling)
+            return y, passes, flags
+        if sampler == 'confidence':
+            y, passes = diffusion.confidence_sample(model, x, steps, schedule=schedule, remask=remask, order=order, **sampling)
+        else:
+            y, passes = diffusion.refine_sample(model, x, max_steps, **sampling)
+        return y, passes, x == mask_id
+
+
+(y, passes, written), elapsed = timed(run, device_type)
 samples = [decode(row) for row in y.tolist()]
 if proofread:
-    print(f"flagged {int(flags[0].sum())} of {len(ids)} tokens as [WRONG] (shown as {WRONG_GLYPH}):")
-    print(decode(torch.where(flags[0], wrong_id, x[0]).tolist()))
+    print(f"flagged {int(written[0].sum())} of {len(ids)} tokens as [WRONG] (shown as {WRONG_GLYPH}):")
+    print(decode(torch.where(written[0], wrong_id, x[0]).tolist()))
     print(SEPARATOR)
 for sample in samples:
     print(sample)

@@ -7,6 +7,7 @@ Every failure a user can cause is a UserError: one line that says what to do.
 
 import json
 import os
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -38,6 +39,18 @@ def setup_device(device, dtype):
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
     return device, device_type, dtype, ctx
+
+
+def timed(fn, device_type):
+    """(fn(), wall seconds), with the CUDA queue drained on both sides so that the
+    asynchronous work fn launched is counted."""
+    if device_type == 'cuda':
+        torch.cuda.synchronize()
+    t0 = time.time()
+    result = fn()
+    if device_type == 'cuda':
+        torch.cuda.synchronize()
+    return result, time.time() - t0
 
 
 # ----------------------------------------------------------------------------

@@ -5,12 +5,11 @@ $ python sample.py --init_from=gpt2 --start="What is the answer to life?" --num_
 Diffusion checkpoints are sampled with generate_diffusion.py.
 """
 
-import time
 
 import torch
 
 from configurator import UserError, configure
-from loading import gpt2_tokenizer, load_model, load_tokenizer, read_text, setup_device
+from loading import gpt2_tokenizer, load_model, load_tokenizer, read_text, setup_device, timed
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -61,14 +60,9 @@ if not start_ids:
 # run generation: all samples in one batch
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None].repeat(num_samples, 1)
 generator = torch.Generator(device=device).manual_seed(seed)
-if device_type == 'cuda':
-    torch.cuda.synchronize()
-t0 = time.time()
 with ctx:
-    y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, use_kv_cache=use_kv_cache, generator=generator)
-if device_type == 'cuda':
-    torch.cuda.synchronize()
-elapsed = time.time() - t0
+    y, elapsed = timed(lambda: model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
+                                              use_kv_cache=use_kv_cache, generator=generator), device_type)
 for row in y.tolist():
     print(decode(row))
     print('---------------')
