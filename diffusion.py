@@ -64,17 +64,26 @@ def mask_schedule(t, schedule):
     raise ValueError(f"unknown noise schedule {schedule!r} (use 'linear' or 'cosine')")
 
 
-def corrupt_mask_only(x, generator, mask_token_id, schedule, t_min=1e-3):
+def corrupt_mask_only(x, generator, mask_token_id, schedule, t_min=1e-3, t_max=1.0):
     """Mask-only corruption for the ELBO objective: t per row, stratified over the batch
-    (one draw in each of B equal slices of [t_min, 1], which lowers the variance of the
+    (one draw in each of B equal slices of [t_min, t_max], which lowers the variance of the
     bound estimate without biasing it), each token masked independently with prob m(t).
+    The bound needs the whole range [~0, 1]; a narrower one is BD3-LM's clipped training
+    range (lower variance, no longer the bound).
     Returns inputs, targets (= x), t (B,), elbo_weight (B,), mask fraction m(t) (B,)."""
     B, T = x.shape
     u = (torch.arange(B, device=x.device) + torch.rand(B, generator=generator, device=x.device)) / B
-    t = t_min + (1 - t_min) * u[torch.randperm(B, generator=generator, device=x.device)]
+    t = t_min + (t_max - t_min) * u[torch.randperm(B, generator=generator, device=x.device)]
     m, elbo_weight = mask_schedule(t, schedule)
     masked = torch.rand(B, T, generator=generator, device=x.device) < m[:, None]
     return torch.where(masked, mask_token_id, x), x, t, elbo_weight, m
+
+
+def block_rows(x, block):
+    """x (B, T, ...) seen as (B*T/block, block, ...): one row per diffusion block, so that
+    corruption draws one noise level per block (stratified over batch x blocks) and the
+    losses treat blocks as rows. block = T (a full-sequence model) changes nothing."""
+    return x.reshape(-1, block, *x.shape[2:])
 
 
 def random_other_tokens(x, vocab, generator):
@@ -157,15 +166,24 @@ def task_weighted_loss(logits, inputs, targets, rate, mask_token_id, wrong_token
     return loss, stats
 
 
-def elbo_loss(logits, inputs, targets, elbo_weight, mask_token_id):
+def elbo_loss(logits, inputs, targets, elbo_weight, mask_token_id, weighting='elbo'):
     """Continuous-time ELBO of masked diffusion: at masked positions, cross-entropy over
     the words, weighted by m'(t)/m(t) of the row, summed and divided by T. Its mean over
-    t ~ U(0,1) is an upper bound on the negative log-likelihood in nats per token."""
+    t ~ U(0,1) is an upper bound on the negative log-likelihood in nats per token.
+    Rows may be the blocks of a block model (block_rows): the mean over blocks of their
+    sums / block length is the bound's sum over blocks / T.
+    weighting='token_mean' trains on the mean CE over each row's masked positions instead:
+    no 1/t, so the rows with few masks (small t) no longer dominate the variance; it is
+    not the bound, which is always measured with 'elbo'."""
     logp = word_log_probs(logits, mask_token_id)
     ce = -logp.gather(-1, targets[..., None]).squeeze(-1)
     masked = inputs == mask_token_id
-    per_row = (ce * masked).sum(1) / inputs.size(1)
-    loss = (elbo_weight * per_row).mean()
+    if weighting == 'elbo':
+        loss = (elbo_weight * (ce * masked).sum(1) / inputs.size(1)).mean()
+    elif weighting == 'token_mean':
+        loss = ((ce * masked).sum(1) / masked.sum(1).clamp(min=1)).mean()
+    else:
+        raise ValueError(f"unknown weighting {weighting!r} (use 'elbo' or 'token_mean')")
     return loss, {'loss_unmask': (ce.detach() * masked).sum() / masked.sum().clamp(min=1)}
 
 
@@ -180,14 +198,31 @@ def masked_cross_entropy(logits, inputs, targets, mask_token_id):
 @torch.no_grad()
 def masked_val_loss(model, batches, mask_token_id, fraction, generator, ctx=nullcontext()):
     """Mean masked_cross_entropy over batches of clean text (B, T) with exactly fraction
-    of every row masked: the fixed-seed masked val loss of train.py and bench.py."""
+    of every row masked: the fixed-seed masked val loss of train.py and bench.py. A block
+    model sees each block's masks with the clean blocks before it as context."""
     losses = []
     for x in batches:
         inputs = corrupt_fixed_fraction(x, generator, mask_token_id, fraction)
         with ctx:
-            logits, _ = model(inputs, noise_level=torch.full((x.size(0),), fraction, device=x.device))
+            logits, _ = model(inputs, noise_level=torch.full((x.size(0),), fraction, device=x.device), clean=x)
         losses.append(masked_cross_entropy(logits, inputs, x, mask_token_id))
     return torch.stack(losses).mean().item()
+
+
+@torch.no_grad()
+def elbo_bound(model, batches, mask_token_id, block, schedule, generator, ctx=nullcontext()):
+    """The ELBO of masked diffusion on batches of clean text (B, T), in nats per token: an
+    upper bound on the NLL for any denoiser, comparable to an AR val loss. One noise level
+    per block of `block` tokens (block = T for a full-sequence model), over the full range
+    of t whatever range the model was trained on."""
+    bounds = []
+    for x in batches:
+        inputs, targets, _, elbo_weight, m = corrupt_mask_only(block_rows(x, block), generator, mask_token_id, schedule)
+        with ctx:
+            # noise_level per block row: only time conditioning reads it, and block models have none
+            logits, _ = model(inputs.view_as(x), noise_level=m, clean=x)
+        bounds.append(elbo_loss(block_rows(logits, block), inputs, targets, elbo_weight, mask_token_id)[0])
+    return torch.stack(bounds).mean().item()
 
 
 def mask_statistics(logits, inputs, mask_token_id, mask_logit_bias):
@@ -250,29 +285,34 @@ def sample_tokens(logits, temperature, top_k, top_p, generator):
     return torch.multinomial(probs.view(-1, probs.size(-1)), 1, generator=generator).view(probs.shape[:-1])
 
 
-def denoiser_logits(model, x):
+def denoiser_logits(model, x, context=None):
     """Float logits of a diffusion model on x; the noise level of each row, for a model
-    with time conditioning, is the fraction of its positions still masked."""
+    with time conditioning, is the fraction of its positions still masked. context, from
+    generate(), is (kv_cache, position of x[:, 0]): x is then one block that sees the
+    cached clean blocks before it, and the cache is read, not extended."""
     noise_level = (x == model.config.mask_token_id).float().mean(1)
-    logits, _ = model(x, noise_level=noise_level)
+    if context is None:
+        logits, _ = model(x, noise_level=noise_level)
+    else:
+        logits, _ = model(x, noise_level=noise_level, kv_cache=context[0], pos_offset=context[1], update_cache=False)
     return logits.float()
 
 
 @torch.no_grad()
-def refine_sample(model, x, max_steps, temperature=1.0, top_k=None, top_p=None, generator=None, on_step=None):
+def refine_sample(model, x, max_steps, temperature=1.0, top_k=None, top_p=None, generator=None, on_step=None, context=None):
     """The seed's loop. Each step samples every position from the model (with its [MASK]
     bias): a [MASK] position takes the sample, where sampling [MASK] (or [WRONG], which is
     no word) means "defer"; a written token for which the model samples [WRONG] goes back
     to [MASK], to be rewritten. It stops when no [MASK] is left or after max_steps steps;
     a final pass then fills what is left with [MASK] and [WRONG] forbidden.
-    on_step(step, tokens) is called after every forward pass.
+    on_step(step, tokens) is called after every forward pass; context: see denoiser_logits.
     Returns (tokens, forward_passes)."""
     mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
     fixed = x != mask_id
     passes = 0
     while passes < max_steps and (x == mask_id).any(): # one host sync per step, not per row
         masked = x == mask_id
-        sampled = sample_tokens(denoiser_logits(model, x), temperature, top_k, top_p, generator)
+        sampled = sample_tokens(denoiser_logits(model, x, context), temperature, top_k, top_p, generator)
         passes += 1
         flagged = ~fixed & ~masked & (sampled == wrong_id)
         x = torch.where(masked & (sampled != wrong_id), sampled, x)
@@ -281,7 +321,7 @@ def refine_sample(model, x, max_steps, temperature=1.0, top_k=None, top_p=None, 
             on_step(passes, x)
     masked = x == mask_id
     if masked.any():
-        words = forbid(denoiser_logits(model, x), mask_id, wrong_id)
+        words = forbid(denoiser_logits(model, x, context), mask_id, wrong_id)
         x = torch.where(masked, sample_tokens(words, temperature, top_k, top_p, generator), x)
         passes += 1
         if on_step is not None:
@@ -301,26 +341,35 @@ def masked_fraction(progress, schedule):
 
 @torch.no_grad()
 def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k=None, top_p=None,
-                      generator=None, remask='none', order='confidence', on_step=None):
+                      generator=None, remask='none', order='confidence', commit='schedule', threshold=0.9,
+                      entropy_budget=1.0, on_step=None, context=None):
     """MaskGIT/LLaDA-style sampling. Each step proposes a word at every masked position
-    ([MASK] and [WRONG] forbidden) and commits the most confident proposals (confidence =
-    the model's probability of the proposed word, at temperature 1, so that greedy
-    sampling still ranks them), keeping masked the share of the schedule: a row with n
-    masked positions at step s keeps floor(n * m((s+1)/steps) / m(s/steps)), which is 0 at
-    the last step. The count is taken per row from the current masks, so positions sent
-    back to [MASK] join the budget of the remaining steps. remask:
+    ([MASK] and [WRONG] forbidden) and commits some of the proposals. How many, per row:
+      commit='schedule'   the share of the schedule: a row with n masked positions at step s
+                          keeps floor(n * m((s+1)/steps) / m(s/steps)) masked, 0 at the last
+                          step, so exactly `steps` passes; the count is taken from the current
+                          masks, so positions sent back to [MASK] join the remaining budget;
+      commit='threshold'  every proposal whose confidence exceeds threshold, and at least
+                          the surest one (Fast-dLLM): easy stretches go fast, hard ones slow;
+      commit='entropy'    the lowest-entropy proposals while their summed entropy stays within
+                          entropy_budget nats, at least one (EB-sampler);
+    the adaptive rules stop when nothing is masked, and commit everything left at pass
+    `steps` (their cap). Confidence is the model's probability of the proposed word and
+    entropy that of its distribution over words, both at temperature 1, so that greedy
+    sampling still ranks them. Which proposals: the surest first; order='random' commits
+    a random choice on the schedule instead: the ancestral sampler of masked diffusion
+    (MDLM), which keeps the model's diversity where committing the surest tokens first
+    drifts toward frequent words. remask:
       'none'            written tokens stay;
       'wrong'           a written token whose argmax (over all but [MASK]) is [WRONG] goes
                         back to [MASK] (self-correction), at every step but the last;
-      'low_confidence'  ReMDM-like: written tokens compete with the proposals; a row keeps
-                        the most confident of both (a written token's confidence is the
-                        probability of its current word against the other words and
-                        [WRONG]), so a doubtful one may go back to [MASK] while a better
-                        proposal is committed instead, at every step but the last.
-    order='random' commits a random choice of the proposals instead of the most confident
-    ones: the ancestral sampler of masked diffusion (MDLM), which keeps the model's
-    diversity, where committing the surest tokens first drifts toward frequent words.
-    At most `steps` forward passes; on_step(step, tokens) is called after each.
+      'low_confidence'  ReMDM-like, with the schedule: written tokens compete with the
+                        proposals; a row keeps the most confident of both (a written
+                        token's confidence is the probability of its current word against
+                        the other words and [WRONG]), so a doubtful one may go back to
+                        [MASK] while a better proposal is committed instead, at every step
+                        but the last.
+    on_step(step, tokens) is called after each pass; context: see denoiser_logits.
     Returns (tokens, forward_passes)."""
     if order not in ('confidence', 'random'):
         raise ValueError(f"unknown order {order!r} (use 'confidence' or 'random')")
@@ -328,6 +377,10 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
         raise ValueError(f"confidence_sample needs steps >= 1, got {steps}")
     if remask not in ('none', 'wrong', 'low_confidence'):
         raise ValueError(f"unknown remask {remask!r} (use 'none', 'wrong' or 'low_confidence')")
+    if commit not in ('schedule', 'threshold', 'entropy'):
+        raise ValueError(f"unknown commit rule {commit!r} (use 'schedule', 'threshold' or 'entropy')")
+    if commit != 'schedule' and (order == 'random' or remask == 'low_confidence'):
+        raise ValueError(f"commit={commit!r} picks the proposals itself: it goes with order='confidence' and remask 'none' or 'wrong'")
     mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
     fixed = x != mask_id
     passes = 0
@@ -335,7 +388,7 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
         masked = x == mask_id
         if not masked.any(): # one host sync per step, not per row
             break
-        logits = denoiser_logits(model, x)
+        logits = denoiser_logits(model, x, context)
         words = forbid(logits, mask_id, wrong_id)
         proposal = sample_tokens(words, temperature, top_k, top_p, generator)
         last = step == steps - 1
@@ -354,11 +407,18 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
             write = ~fixed & (rank_descending(confidence) < n_written[:, None])
             x = torch.where(fixed, x, torch.where(write, candidate, mask_id))
         else:
-            confidence = token_probs(words, proposal) if order == 'confidence' else \
-                torch.rand(x.shape, generator=generator, device=x.device)
-            confidence = confidence.masked_fill(~masked, float('-inf'))
-            commit = masked & (rank_descending(confidence) < (n_masked - keep_masked)[:, None])
-            x_new = torch.where(commit, proposal, x)
+            if commit == 'entropy':
+                score = -token_entropy(words).masked_fill(~masked, float('inf'))
+                n_commit = ((-score).sort(-1).values.cumsum(-1) <= entropy_budget).sum(1).clamp(min=1)
+            elif order == 'random':
+                score, n_commit = torch.rand(x.shape, generator=generator, device=x.device), n_masked - keep_masked
+            else:
+                score = token_probs(words, proposal)
+                n_commit = ((score > threshold) & masked).sum(1).clamp(min=1) if commit == 'threshold' else n_masked - keep_masked
+            if last:
+                n_commit = n_masked
+            commit_now = masked & (rank_descending(score.masked_fill(~masked, float('-inf'))) < n_commit[:, None])
+            x_new = torch.where(commit_now, proposal, x)
             if remask == 'wrong' and not last:
                 flagged = ~fixed & ~masked & (forbid(logits, mask_id).argmax(-1) == wrong_id)
                 x_new = torch.where(flagged, mask_id, x_new)
@@ -367,6 +427,12 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
         if on_step is not None:
             on_step(passes, x)
     return x, passes
+
+
+def token_entropy(logits):
+    """Entropy (nats) of softmax(logits) at every position, (B, T)."""
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
 
 
 def token_probs(logits, tokens):
@@ -378,6 +444,56 @@ def rank_descending(scores):
     """Rank of each entry within its row, 0 for the largest: comparing it with a (B, 1)
     tensor of counts selects a different number of top entries in each row."""
     return scores.argsort(-1, descending=True).argsort(-1)
+
+
+@torch.no_grad()
+def generate(model, x, sample_fn, on_step=None, **sampler_kwargs):
+    """Fill every [MASK] of x (B, N), N of any length, with sample_fn (refine_sample or
+    confidence_sample, with sampler_kwargs); every other position stays as given.
+    A block model writes block by block, left to right, each block with sample_fn on its
+    own tokens, seeing the finished blocks before it through a KV cache: they are run once
+    as clean input (one forward pass for all finished blocks since the last one) and their
+    keys and values reused by every pass of the next block. When the next block does not
+    fit in block_size, the context slides by whole blocks (so blocks stay where training
+    put them) and the cache is rebuilt from the last block_size - block tokens.
+    A full-sequence model has no cache: sample_fn runs on the whole x when it fits in
+    block_size; longer text is written window after window of block_size tokens, each
+    sliding by half a window, its first half the end of the text written so far (fixed).
+    on_step(passes, tokens (B, N), (start, end) of the positions being written, number of
+    positions whose keys are cached) is called after every denoising pass.
+    Returns (tokens, forward_passes), cache passes included."""
+    mask_id, T, block = model.config.mask_token_id, model.config.block_size, model.denoising_block
+    N = x.size(1)
+    x = x.clone()
+    # the spans written one after the other: blocks, or windows of a full-sequence model
+    if block is not None:
+        spans = [(s, min(s + block, N)) for s in range(0, N, block)]
+    else:
+        ends = [min(N, T)] + list(range(T + T // 2, N + T // 2, T // 2))
+        spans = [(max(0, min(e, N) - T), min(e, N)) for e in ends]
+    cache, cache_start, cache_end, passes = None, 0, 0, 0
+    for start, end in spans:
+        if not (x[:, start:end] == mask_id).any(): # one host sync per span
+            continue
+        context = None
+        if block is not None:
+            window = max(0, start + block - T) # first position the model sees: a block boundary
+            if cache is None or cache_start != window: # start, or slide: rebuild the cache
+                cache, cache_start, cache_end = [{} for _ in model.transformer.h], window, window
+            if cache_end < start: # store the clean blocks written (or given) since the last store
+                model(x[:, cache_end:start], kv_cache=cache, pos_offset=cache_end - cache_start)
+                cache_end, passes = start, passes + 1
+            context = (cache, start - cache_start)
+
+        def span_step(step, tokens, start=start, end=end, done=passes):
+            if on_step is not None:
+                full = x.clone()
+                full[:, start:end] = tokens
+                on_step(done + step, full, (start, end), cache_end - cache_start if block is not None else 0)
+
+        x[:, start:end], n = sample_fn(model, x[:, start:end], on_step=span_step, context=context, **sampler_kwargs)
+        passes += n
+    return x, passes
 
 
 @torch.no_grad()

@@ -59,7 +59,7 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
         self.causal = config.model_type == 'gpt2'
 
-    def forward(self, x, rotary=None, kv_cache=None):
+    def forward(self, x, rotary=None, kv_cache=None, attn_mask=None, update_cache=True):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) # (B, nh, T, hs)
@@ -67,19 +67,17 @@ class SelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        # the KV cache (AR generation only): keys/values of earlier positions are reused
+        # the KV cache: keys/values of earlier positions are reused. AR generation stores
+        # every new token; block diffusion stores a block once it is finished, and reads the
+        # cache without storing while it is still denoising the block (update_cache=False)
         if kv_cache is not None:
             if kv_cache.get('k') is not None:
                 k = torch.cat([kv_cache['k'], k], dim=2)
                 v = torch.cat([kv_cache['v'], v], dim=2)
-            kv_cache['k'], kv_cache['v'] = k, v
-        # with a cache, the T new queries sit at the end of a longer key sequence, so the
-        # causal mask is the bottom-right block of the full one (T == 1 needs no mask at all)
-        causal = self.causal and T > 1
-        attn_mask = None
-        if causal and k.size(2) != T:
-            attn_mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
-            causal = False
+            if update_cache:
+                kv_cache['k'], kv_cache['v'] = k, v
+        # GPT.forward passes a mask whenever the pattern is not plain causal or plain full
+        causal = self.causal and T > 1 and attn_mask is None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -108,8 +106,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rotary=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), rotary, kv_cache)
+    def forward(self, x, rotary=None, kv_cache=None, attn_mask=None, update_cache=True):
+        x = x + self.attn(self.ln_1(x), rotary, kv_cache, attn_mask, update_cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -128,6 +126,8 @@ class GPTConfig:
     wrong_token_id: int = -1 # diffusion only: id of [WRONG] (= base vocab size + 1)
     mask_logit_bias: float = 0.0 # diffusion only: added to the [MASK] logit; set by the training controller
     time_conditioning: bool = False # diffusion only: add an embedding of the noise level to the input
+    diffusion_block: int = 0 # diffusion only: tokens denoised together (block diffusion, BD3-LM); attention is
+                             # bidirectional inside a block, causal across blocks; 0 (or >= block_size) = whole sequence
 
 
 class GPT(nn.Module):
@@ -184,30 +184,67 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, noise_level=None, kv_cache=None, pos_offset=0):
+    @property
+    def denoising_block(self):
+        """Tokens a diffusion model denoises together when it is a block model (0 < diffusion_block
+        < block_size), else None: a full-sequence model, or an AR model."""
+        block = self.config.diffusion_block
+        return block if self.config.model_type == 'diffusion' and 0 < block < self.config.block_size else None
+
+    def attention_mask(self, t, pos_offset, cached, two_stream, device):
+        """The (queries, keys) bool mask of t new tokens at positions pos_offset.., after
+        `cached` keys of positions 0..cached-1 in the KV cache; None where SDPA's own
+        is_causal (AR) or no mask (full-sequence diffusion) is the same thing."""
+        block = self.denoising_block
+        if two_stream:
+            return two_stream_mask(t, block, device)
+        if self.config.model_type == 'gpt2':
+            if not cached:
+                return None # SDPA's is_causal
+            block = 1 # with a cache, the queries sit at the end of a longer key sequence
+        if block is None or pos_offset // block == (pos_offset + t - 1) // block:
+            return None # the queries share one block, and every key is in it or before it
+        q_pos = torch.arange(pos_offset, pos_offset + t, device=device)
+        return block_causal_mask(q_pos, torch.arange(pos_offset + t, device=device), block)
+
+    def forward(self, idx, targets=None, noise_level=None, kv_cache=None, pos_offset=0, clean=None, update_cache=True):
         """idx (B, T) token ids. Returns (logits, loss).
         gpt2: with targets, logits for every position and the next-token loss; without,
         logits of the last position only (inference), as in nanoGPT.
         diffusion: logits (B, T, V) for every position with the [MASK] bias applied; the
         loss is diffusion.py's business, so loss is None. noise_level (B,) in [0,1] is
-        used when config.time_conditioning is on."""
+        used when config.time_conditioning is on.
+        A block diffusion model trained in one pass takes the clean text as well, clean (B, T):
+        it runs [idx ; clean] side by side (2T positions, both at positions 0..T-1, the mask of
+        two_stream_mask) and returns the logits of the noisy half. A full-sequence model ignores
+        clean (its one block sees no earlier clean block). Without clean, a block model sees
+        idx with block-causal attention, which is what sampling needs: finished blocks clean,
+        the current one noisy.
+        kv_cache: a list (one dict per layer) holding the keys and values of positions
+        0..pos_offset-1; the new tokens are appended to it unless update_cache is False."""
         device = idx.device
         b, t = idx.size()
         assert pos_offset + t <= self.config.block_size, f"Cannot forward sequence of length {pos_offset + t}, block size is only {self.config.block_size}"
+        two_stream = clean is not None and self.denoising_block is not None
+        pos = torch.arange(pos_offset, pos_offset + t, dtype=torch.long, device=device)
+        if two_stream:
+            assert kv_cache is None and pos_offset == 0 and clean.shape == idx.shape, "the two-stream pass takes whole rows, no cache"
+            idx, pos = torch.cat([idx, clean], 1), pos.repeat(2)
         x = self.transformer.wte(idx)
         rotary = None
         if self.config.pos_encoding == 'learned':
-            pos = torch.arange(pos_offset, pos_offset + t, dtype=torch.long, device=device)
             x = x + self.transformer.wpe(pos)
         else:
-            rotary = (self.rope_cos[pos_offset:pos_offset + t], self.rope_sin[pos_offset:pos_offset + t])
+            rotary = (self.rope_cos[pos], self.rope_sin[pos])
         if self.config.time_conditioning:
             assert noise_level is not None, "time_conditioning needs the noise level of each row"
             x = x + self.time_mlp(timestep_features(noise_level, 64).to(x.dtype))[:, None, :]
+        cached = 0 if kv_cache is None or kv_cache[0].get('k') is None else kv_cache[0]['k'].size(2)
+        attn_mask = self.attention_mask(t, pos_offset, cached, two_stream, device)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rotary, None if kv_cache is None else kv_cache[i])
-        x = self.transformer.ln_f(x)
+            x = block(x, rotary, None if kv_cache is None else kv_cache[i], attn_mask, update_cache)
+        x = self.transformer.ln_f(x[:, :t]) # the noisy half only, in a two-stream pass
 
         if self.config.model_type == 'diffusion':
             logits = self.lm_head(x)
@@ -231,9 +268,9 @@ class GPT(nn.Module):
         else:
             self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
 
-    def to_diffusion(self):
+    def to_diffusion(self, diffusion_block=0):
         """Model surgery that turns an autoregressive model into a diffusion model:
-        attention becomes bidirectional and the (tied) embedding and head grow by two
+        attention becomes bidirectional (inside blocks of diffusion_block tokens, if > 0) and the (tied) embedding and head grow by two
         rows, [MASK] and [WRONG], placed right after the existing vocabulary. The new rows
         start at the mean of the old embeddings plus a little noise: typical-looking
         tokens whose logits start at the average level, not random directions."""
@@ -246,6 +283,7 @@ class GPT(nn.Module):
         self.transformer.wte.num_embeddings = self.lm_head.out_features = self.config.vocab_size = base + 2
         self.config.mask_token_id, self.config.wrong_token_id = base, base + 1
         self.config.model_type = 'diffusion'
+        self.config.diffusion_block = diffusion_block
         for block in self.transformer.h:
             block.attn.causal = False
 
@@ -342,6 +380,22 @@ class GPT(nn.Module):
             idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+
+def block_causal_mask(q_pos, k_pos, block):
+    """(Tq, Tk) bool, True where a query may attend a key, from absolute positions: a key is
+    visible when its block is not after the query's. block=1 is the causal mask of AR."""
+    return k_pos[None, :] // block <= q_pos[:, None] // block
+
+
+def two_stream_mask(T, block, device):
+    """The training mask of block diffusion over [x_t ; x_0] (BD3-LM): 2T positions, both
+    halves at positions 0..T-1. A noisy position sees the noisy positions of its own block
+    and the clean positions of earlier blocks; a clean position sees the clean positions of
+    its own and earlier blocks, never the noisy half."""
+    b = torch.arange(T, device=device) // block
+    same, earlier = b[:, None] == b[None, :], b[None, :] < b[:, None]
+    return torch.cat([torch.cat([same, earlier], 1), torch.cat([torch.zeros_like(same), same | earlier], 1)], 0)
 
 
 def timestep_features(t, dim):

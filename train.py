@@ -50,9 +50,13 @@ dropout = 0.0 # for pretraining 0 is good, for finetuning try 0.1+
 bias = False # do we use bias inside LayerNorm and Linear layers?
 pos_encoding = 'learned' # 'learned' (nanoGPT/GPT-2) or 'rope'; diffusion wants 'rope' (see README)
 time_conditioning = False # diffusion: feed the noise level of each row to the model
+diffusion_block = 0 # diffusion: tokens denoised together (block diffusion); attention is bidirectional inside a block and causal across blocks; 0 = block_size (full-sequence diffusion), 1 = next-token
 # diffusion objective
 loss_type = 'seed' # 'seed': [MASK] + random tokens -> [WRONG], task-weighted; 'elbo': mask-only, ELBO-weighted
 noise_schedule = 'linear' # elbo: fraction masked at time t, 'linear' (t) or 'cosine' (1 - cos(pi t / 2))
+loss_weighting = 'elbo' # elbo objective: 'elbo' (each masked CE weighted m'(t)/m(t), the bound itself) or 'token_mean' (mean CE over a row's masked positions: lower variance)
+mask_rate_min = 0.0 # elbo: training draws mask rates only in [mask_rate_min, mask_rate_max] (BD3-LM's clipping); the reported bound always uses the full range
+mask_rate_max = 1.0
 guaranteed_correct_factor = 0.0 # seed: at most 1 - this fraction of a row is corrupted
 penalty_mask_correct = 0.5 # seed: final weight of keeping a correct token right (destructive-edit penalty)
 masking_warmup_iters = 1000 # seed: iterations over which that penalty ramps from 0
@@ -136,7 +140,8 @@ meta_vocab_size = dataset_vocab_size(dataset)
 iter_num = 0
 best_val_loss = 1e9
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  dropout=dropout, pos_encoding=pos_encoding, time_conditioning=time_conditioning)
+                  dropout=dropout, pos_encoding=pos_encoding, time_conditioning=time_conditioning,
+                  diffusion_block=diffusion_block if model_type == 'diffusion' else 0)
 checkpoint = None
 if init_from == 'scratch':
     print("Initializing a new model from scratch")
@@ -175,7 +180,7 @@ else:
     if model_type == 'diffusion':
         if time_conditioning:
             raise UserError("time_conditioning is not available when starting from an autoregressive model: set --time_conditioning=False")
-        model.to_diffusion() # bidirectional attention, embedding grown by [MASK] and [WRONG]
+        model.to_diffusion(diffusion_block) # bidirectional attention (in blocks), embedding grown by [MASK] and [WRONG]
 if block_size < model.config.block_size:
     model.crop_block_size(block_size) # model surgery to a smaller context
 elif block_size > model.config.block_size:
@@ -183,6 +188,7 @@ elif block_size > model.config.block_size:
 model.to(device)
 diffusion_mode = model.config.model_type == 'diffusion'
 mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
+denoising_block = model.denoising_block or block_size # one noise level per this many tokens
 
 # initialize a GradScaler. If enabled=False scaler is a no-op
 scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
@@ -210,21 +216,26 @@ if ddp:
 def model_loss(x, y, generator, it):
     """Loss of one micro-batch and detached diagnostics. For diffusion, x is clean text
     that gets corrupted here (y is unused): the seed recipe at curriculum step it, or
-    mask-only corruption for the ELBO."""
+    mask-only corruption for the ELBO. A block model corrupts each block as a row of its
+    own (one noise level per block) and sees the clean text beside the noisy one."""
     if not diffusion_mode:
         with ctx:
             _, loss = model(x, y)
         return loss, {}
+    rows = diffusion.block_rows(x, denoising_block)
     if loss_type == 'elbo':
-        inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(x, generator, mask_id, noise_schedule)
-        with ctx:
-            logits, _ = model(inputs, noise_level=noise_level)
-        loss, stats = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id)
+        inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(
+            rows, generator, mask_id, noise_schedule, max(mask_rate_min, 1e-3), mask_rate_max)
     else:
         penalty, remask_ratio = diffusion.get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters)
-        inputs, targets, noise_level = diffusion.corrupt(x, generator, mask_id, wrong_id, guaranteed_correct_factor, remask_ratio)
-        with ctx:
-            logits, _ = model(inputs, noise_level=noise_level)
+        inputs, targets, noise_level = diffusion.corrupt(rows, generator, mask_id, wrong_id, guaranteed_correct_factor, remask_ratio)
+    with ctx:
+        # noise_level is per block row: only time conditioning reads it, and block models have none
+        logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x)
+    logits = diffusion.block_rows(logits, denoising_block)
+    if loss_type == 'elbo':
+        loss, stats = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id, loss_weighting)
+    else:
         loss, stats = diffusion.task_weighted_loss(logits, inputs, targets, noise_level, mask_id, wrong_id,
                                                    weight_unmask_task, weight_remask_task, penalty, reward_correct_unmask)
     stats['p_mask'], stats['logit_gap'] = diffusion.mask_statistics(logits, inputs, mask_id, raw_model.mask_logit_bias)
@@ -234,8 +245,9 @@ def model_loss(x, y, generator, it):
 @torch.no_grad()
 def estimate_loss():
     """Mean loss on fixed batches of each split (same seeds at every eval, so evals are
-    comparable). Diffusion adds the masked val CE at fixed masking fractions; the seed
-    objective is evaluated at the end of its curriculum."""
+    comparable). Diffusion adds the masked val CE at fixed masking fractions and the ELBO
+    bound (whatever the training objective: the number to compare with AR's val loss); the
+    seed objective is evaluated at the end of its curriculum."""
     out = {}
     model.eval()
     for split, data in (('train', train_data), ('val', val_data)):
@@ -252,6 +264,8 @@ def estimate_loss():
         for fraction in (0.15, 0.5, 0.9):
             eval_noise = torch.Generator(device=device).manual_seed(seed + 2 + seed_offset)
             out[f'masked{int(fraction * 100)}'] = diffusion.masked_val_loss(model, batches, mask_id, fraction, eval_noise, ctx)
+        eval_noise = torch.Generator(device=device).manual_seed(seed + 1 + seed_offset)
+        out['bound'] = diffusion.elbo_bound(model, batches, mask_id, denoising_block, noise_schedule, eval_noise, ctx)
     model.train()
     return out
 
@@ -325,13 +339,12 @@ while True:
         if master_process:
             extra = ''
             if diffusion_mode:
-                extra = f", masked val CE 15/50/90%: {losses['masked15']:.4f}/{losses['masked50']:.4f}/{losses['masked90']:.4f}"
-                if loss_type == 'elbo':
-                    extra += f", val bound {losses['val']:.4f} nats/token = {losses['val'] / math.log(2):.4f} bits/token"
+                extra = (f", masked val CE 15/50/90%: {losses['masked15']:.4f}/{losses['masked50']:.4f}/{losses['masked90']:.4f}"
+                         f", val bound {losses['bound']:.4f} nats/token = {losses['bound'] / math.log(2):.4f} bits/token")
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{extra}")
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
-                           "mfu": running_mfu*100, **{f"val/{k}": v for k, v in losses.items() if k.startswith('masked')}})
+                           "mfu": running_mfu*100, **{f"val/{k}": v for k, v in losses.items() if k not in ('train', 'val')}})
         if losses['val'] < best_val_loss or always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > 0:
