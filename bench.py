@@ -1,19 +1,23 @@
 """
-The benchmark: autoregressive and diffusion checkpoints trained on the same data,
-measured side by side on fixed seeds. Writes results.md (markdown tables), samples.txt
-and PNG plots to --out, and prints the tables as it goes:
+The benchmark: autoregressive and diffusion checkpoints (full-sequence or block diffusion)
+trained on the same data, measured side by side on fixed seeds. Writes results.md
+(markdown tables), samples.txt and PNG plots to --out, and prints the tables as it goes:
 $ python bench.py --ar_dir=out-shakespeare-ar-cpu \\
-    --diffusion_dirs=out-shakespeare-diffusion-cpu,out-shakespeare-diffusion-elbo-cpu
+    --diffusion_dirs=out-shakespeare-diffusion-elbo-cpu,out-shakespeare-block-cpu
 1. validation loss: the AR NLL; every diffusion model's ELBO bound and masked CE;
-2. sample quality: NLL under an AR judge next to entropy and repetition, for AR
-   sampling and for each diffusion model x sampler x step count;
-3. proofreading: [WRONG] detection of random substitutions, and the error rate before
+2. sample quality at a fixed temperature: NLL under an AR judge next to entropy and
+   repetition, for AR sampling and for each diffusion model x sampler x step count;
+3. sample quality at matched diversity (the headline): each generator's temperature is
+   searched until the unigram entropy of its samples is that of real text, and only
+   then is its judge NLL compared;
+4. proofreading: [WRONG] detection of random substitutions, and the error rate before
    and after proofread();
-4. speed: training tokens/s of AR and diffusion models of one size, and generation
-   tokens/s and forward passes.
+5. speed: training ms/iteration and tokens/s of AR, full-sequence and block diffusion
+   models of one size; generation tokens/s at batch 1 and in a batch.
 Everything but the timings is the same on every run with the same seed and device.
 """
 
+import functools
 import math
 import os
 import time
@@ -40,11 +44,22 @@ seed = 1337
 eval_batches = 20 # val batches, the same for every model of one block_size
 batch_size = 16 # rows per val batch and per timed training iteration
 # sample quality
-num_samples = 16 # samples per generator, drawn as one batch (16 keeps the CPU run to a few minutes)
+num_samples = 16 # samples per generator, drawn as one batch (16 keeps the CPU run sane)
 sample_length = 128 # tokens per sample, the first one given (a val token): at most every diffusion model's block_size
-temperature = 1.0 # of every generator, AR and diffusion alike, so their samples compare
-step_counts = '8,16,32,64,128' # diffusion steps (max_steps for refine), comma-separated
+samplers = 'refine,confidence,ancestral,threshold,entropy' # diffusion samplers, comma-separated (also: confidence+wrong)
+step_counts = '8,16,32,64,128' # denoising passes over a whole sample, comma-separated; a block model gets
+                               # max(1, round(steps * block / (sample_length - 1))) per block; threshold and
+                               # entropy adapt their passes: they run once, capped at the largest count
+threshold = 0.9 # the threshold sampler commits every proposal more probable than this (at least one per pass)
+entropy_budget = 1.0 # the entropy sampler commits the surest proposals while their entropies sum to at most this (nats)
+temperature = 1.0 # of every generator in the fixed-temperature table, and the first try of the matched search
 repetition_n = 4 # repetition is the fraction of repeated n-grams of this n
+# sample quality at matched diversity
+match_step_counts = '32,128' # step counts (as step_counts) of the matched-diversity search, comma-separated
+match_tolerance = 0.05 # matched: unigram entropy within this fraction of the val text's
+min_temperature = 0.3 # the matched search bisects the temperature in [min_temperature, max_temperature]
+max_temperature = 2.5
+match_tries = 8 # generations per generator in the search, at most
 # proofreading
 proofread_rates = '0.02,0.05,0.1' # fractions of val tokens replaced by random other tokens, comma-separated
 proofread_steps = 8 # confidence_sample steps that rewrite the flagged tokens
@@ -67,18 +82,37 @@ def parse_list(text, kind, key):
 
 
 diffusion_dirs = parse_list(diffusion_dirs, str.strip, 'diffusion_dirs')
+samplers = parse_list(samplers, str.strip, 'samplers')
 step_counts = parse_list(step_counts, int, 'step_counts')
+match_step_counts = parse_list(match_step_counts, int, 'match_step_counts')
 proofread_rates = parse_list(proofread_rates, float, 'proofread_rates')
 judge_dir = judge_dir or ar_dir
-if min(step_counts) < 1:
-    raise UserError(f"step_counts must be positive, got {step_counts}")
+# every diffusion sampler: (function of diffusion.py, its options); all run through diffusion.generate
+sampler_fns = {'refine': (diffusion.refine_sample, {}),
+               'confidence': (diffusion.confidence_sample, {}),
+               'confidence+wrong': (diffusion.confidence_sample, dict(remask='wrong')),
+               'ancestral': (diffusion.confidence_sample, dict(order='random')),
+               'threshold': (diffusion.confidence_sample, dict(commit='threshold', threshold=threshold)),
+               'entropy': (diffusion.confidence_sample, dict(commit='entropy', entropy_budget=entropy_budget))}
+adaptive = ('threshold', 'entropy') # samplers whose step count is only a cap
+if set(samplers) - set(sampler_fns):
+    raise UserError(f"unknown samplers {sorted(set(samplers) - set(sampler_fns))}: choose from {', '.join(sampler_fns)}")
+if len(set(map(os.path.normpath, diffusion_dirs))) < len(diffusion_dirs):
+    raise UserError(f"diffusion_dirs names a checkpoint twice: {diffusion_dirs}")
+if min(step_counts + match_step_counts) < 1:
+    raise UserError(f"step_counts and match_step_counts must be positive, got {step_counts} and {match_step_counts}")
 if not all(0 <= r < 1 for r in proofread_rates):
     raise UserError(f"proofread_rates must be fractions in [0, 1), got {proofread_rates}")
 if temperature <= 0:
     raise UserError(f"temperature must be > 0 (AR sampling has no greedy mode here), got {temperature}")
-if min(eval_batches, batch_size, num_samples, repetition_n, proofread_steps, speed_iters) < 1:
-    raise UserError("eval_batches, batch_size, num_samples, repetition_n, proofread_steps and speed_iters "
-                    "must all be at least 1")
+if not 0 < min_temperature < max_temperature:
+    raise UserError(f"need 0 < min_temperature < max_temperature, got {min_temperature} and {max_temperature}")
+if not 0 < threshold < 1 or entropy_budget < 0 or match_tolerance <= 0:
+    raise UserError(f"need 0 < threshold < 1, entropy_budget >= 0 and match_tolerance > 0, got {threshold}, "
+                    f"{entropy_budget} and {match_tolerance}")
+if min(eval_batches, batch_size, num_samples, repetition_n, proofread_steps, speed_iters, match_tries) < 1:
+    raise UserError("eval_batches, batch_size, num_samples, repetition_n, proofread_steps, speed_iters and "
+                    "match_tries must all be at least 1")
 device, device_type, dtype, ctx = setup_device(device, dtype)
 t_start = time.time()
 
@@ -94,7 +128,18 @@ def load(out_dir, model_type, key):
 
 
 def objective(checkpoint):
-    return checkpoint['config'].get('loss_type', 'seed')
+    """A diffusion checkpoint's training objective: loss_type and, for the ELBO, its weighting and
+    its clipped mask-rate range when it has one."""
+    config = checkpoint['config']
+    if config.get('loss_type', 'seed') != 'elbo':
+        return 'seed'
+    low, high = config.get('mask_rate_min', 0.0), config.get('mask_rate_max', 1.0)
+    return f"elbo, {config.get('loss_weighting', 'elbo')}" + (f", t in [{low:g}, {high:g}]" if (low, high) != (0, 1) else '')
+
+
+def block_label(model):
+    """The denoising block of a model as the tables show it: '-' for AR, 'full' for full-sequence diffusion."""
+    return '-' if model.config.model_type == 'gpt2' else model.denoising_block or 'full'
 
 
 # checkpoints are named by their folder in the tables, or by their path if two folders share a name
@@ -106,6 +151,7 @@ ar_model, ar_ckpt = load(ar_dir, 'gpt2', 'ar_dir')
 judge, judge_ckpt = (ar_model, ar_ckpt) if judge_dir == ar_dir else load(judge_dir, 'gpt2', 'judge_dir')
 # (name, model, checkpoint) of every diffusion model
 models = [(names[os.path.normpath(d)], *load(d, 'diffusion', 'diffusion_dirs')) for d in diffusion_dirs]
+by_name = {ar_name: ar_model, **{name: model for name, model, _ in models}} # every generator's model
 dataset = ar_ckpt['config']['dataset']
 vocab = ar_model.config.vocab_size
 for key, name, model, checkpoint in [('judge_dir', judge_dir, judge, judge_ckpt)] + [('diffusion_dirs', *m) for m in models]:
@@ -117,6 +163,7 @@ max_length = min(m.config.block_size for _, m, _ in models)
 if not max(2, repetition_n) <= sample_length <= max_length:
     raise UserError(f"sample_length={sample_length} must be between {max(2, repetition_n)} and {max_length} "
                     "(the smallest block_size of the diffusion models)")
+L = sample_length
 val_data = load_split(dataset, 'val')
 decode = load_tokenizer(dataset)[1]
 os.makedirs(out, exist_ok=True)
@@ -126,8 +173,11 @@ report = ["# nanoGPT-diffusion benchmark\n",
           f"dataset `{dataset}`, device `{device}` ({dtype}), {os.cpu_count()} CPU cores{busy}, seed {seed}, "
           f"torch {torch.__version__}. "
           f"Settings: eval_batches={eval_batches}, batch_size={batch_size}, num_samples={num_samples}, "
-          f"sample_length={sample_length}, temperature={temperature}, proofread_steps={proofread_steps}, "
-          f"speed_iters={speed_iters}.\n"]
+          f"sample_length={L}, samplers={','.join(samplers)}, step_counts={','.join(map(str, step_counts))}, "
+          f"threshold={threshold}, entropy_budget={entropy_budget}, temperature={temperature}, "
+          f"match_step_counts={','.join(map(str, match_step_counts))}, match_tolerance={match_tolerance}, "
+          f"temperatures [{min_temperature}, {max_temperature}], match_tries={match_tries}, "
+          f"proofread_steps={proofread_steps}, speed_iters={speed_iters}.\n"]
 
 
 def section(title, notes, header, rows):
@@ -149,8 +199,9 @@ def fmt(v, digits=3):
     return f"{v:.{digits}f}"
 
 
-section('Models', [], ['checkpoint', 'type', 'objective', 'iterations', 'parameters', 'block_size', 'positions'],
-        [[name, m.config.model_type, 'next token' if m is ar_model else objective(c), c['iter_num'],
+section('Models', [], ['checkpoint', 'type', 'diffusion block', 'objective', 'iterations', 'parameters', 'block_size',
+                       'positions'],
+        [[name, m.config.model_type, block_label(m), 'next token' if m is ar_model else objective(c), c['iter_num'],
           f"{m.get_num_params():,}", m.config.block_size, m.config.pos_encoding]
          for name, m, c in [(ar_name, ar_model, ar_ckpt)] + models])
 
@@ -158,81 +209,111 @@ section('Models', [], ['checkpoint', 'type', 'objective', 'iterations', 'paramet
 # 1. validation loss
 print("validation losses...", flush=True)
 fractions = (0.15, 0.5, 0.9)
-with torch.no_grad():
-    with ctx:
-        ar_loss = np.mean([ar_model(x, y)[1].item() for x, y in val_batches(ar_model.config.block_size)])
-    rows = [[ar_name, 'next token', 'NLL', fmt(ar_loss, 4), fmt(ar_loss / math.log(2), 4)] + ['-'] * len(fractions)]
-    for name, model, checkpoint in models:
-        mask_id = model.config.mask_token_id
-        batches = val_batches(model.config.block_size)
-        noise = torch.Generator(device=device).manual_seed(seed + 1)
-        bound = []
-        for x, _ in batches:
-            schedule = checkpoint['config'].get('noise_schedule', 'linear')
-            inputs, targets, _, elbo_weight, m = diffusion.corrupt_mask_only(x, noise, mask_id, schedule)
-            with ctx:
-                logits, _ = model(inputs, noise_level=m)
-            bound.append(diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id)[0].item())
-        masked_ce = [fmt(diffusion.masked_val_loss(model, [x for x, _ in batches], mask_id, fraction,
-                                                   torch.Generator(device=device).manual_seed(seed + 2), ctx))
-                     for fraction in fractions]
-        b = np.mean(bound)
-        measure = 'ELBO bound' if objective(checkpoint) == 'elbo' else 'ELBO bound (not its objective)'
-        rows.append([name, objective(checkpoint), measure, fmt(b, 4), fmt(b / math.log(2), 4)] + masked_ce)
+with torch.no_grad(), ctx:
+    ar_loss = np.mean([ar_model(x, y)[1].item() for x, y in val_batches(ar_model.config.block_size)])
+rows = [[ar_name, '-', 'next token', fmt(ar_loss, 4), fmt(ar_loss / math.log(2), 4), '1.000'] + ['-'] * len(fractions)]
+for name, model, checkpoint in models:
+    mask_id = model.config.mask_token_id
+    batches = [x for x, _ in val_batches(model.config.block_size)]
+    bound = diffusion.elbo_bound(model, batches, mask_id, model.denoising_block or model.config.block_size,
+                                 checkpoint['config'].get('noise_schedule', 'linear'),
+                                 torch.Generator(device=device).manual_seed(seed + 1), ctx)
+    masked_ce = [fmt(diffusion.masked_val_loss(model, batches, mask_id, fraction,
+                                               torch.Generator(device=device).manual_seed(seed + 2), ctx))
+                 for fraction in fractions]
+    rows.append([name, block_label(model), objective(checkpoint), fmt(bound, 4), fmt(bound / math.log(2), 4),
+                 fmt(bound / ar_loss)] + masked_ce)
 section('Validation loss', [
     f"{eval_batches} val batches of {batch_size} rows of each model's block_size (fixed seed).",
-    "AR: mean next-token NLL. Diffusion: the continuous-time ELBO of masked diffusion, one noise level t per row "
-    "(stratified, fixed seed). It is an upper bound on the NLL for any denoiser, so it is reported for every model, "
-    "but it is tight only for a model trained on it (objective `elbo`); a `seed`-trained model never learned the "
-    "mask-only inputs at every t it measures. Masked CE: mean CE over the words at exactly 15/50/90 % masked "
-    "positions (the fill-in-the-blank loss, comparable across objectives)."],
-    ['model', 'objective', 'measure', 'nats/token', 'bits/token'] + [f"masked CE {int(f * 100)}%" for f in fractions], rows)
+    "AR: mean next-token NLL. Diffusion: diffusion.elbo_bound, the continuous-time ELBO of masked diffusion over "
+    "the full range of noise levels t (one t per row, or per block of a block model: stratified, fixed seed; a block "
+    "is denoised seeing the clean blocks before it). It is an upper bound on the NLL for any denoiser, in nats per "
+    "token like the AR loss, so it is reported for every model, whatever its objective; it is tight only for a "
+    "model trained on it (`elbo`; `token_mean` weighting and a clipped range of t train on a reweighting of it, a "
+    "`seed`-trained model never saw mask-only inputs at every t). `vs AR` = bound / AR NLL (1 would be AR's "
+    "likelihood). Diffusion block: tokens denoised together (BD3-LM), `full` = the whole sequence. Masked CE: mean "
+    "CE over the words at exactly 15/50/90 % masked positions (the fill-in-the-blank loss, comparable across "
+    "objectives)."],
+    ['model', 'diffusion block', 'objective', 'nats/token', 'bits/token', 'vs AR']
+    + [f"masked CE {int(f * 100)}%" for f in fractions], rows)
 
 # -----------------------------------------------------------------------------
-# 2. sample quality, and the timings of generation
+# 2. sample quality: every generator (AR, or a diffusion model and a sampler) writes num_samples
+# samples at a temperature, scored by measure(); at a fixed temperature, then at matched diversity
 print("sample quality...", flush=True)
-L = sample_length
 reference = get_batch(val_data, num_samples, L, torch.Generator().manual_seed(seed + 3), device)[0]
 first = reference[:, :1] # every generator writes tokens 2..L after the same first token
-val_entropy = unigram_entropy(torch.from_numpy(val_data.astype(np.int64)))
-quality = [] # one dict per generator: name, sampler, steps, passes, seconds, nll, entropy, rep
-samples_txt = []
 
 
-def add_sample(name, sampler, steps, tokens, passes, seconds):
-    row = dict(name=name, sampler=sampler, steps=steps, passes=passes, seconds=seconds, nll=judge_nll(judge, tokens),
-               entropy=unigram_entropy(tokens), rep=repetition(tokens, repetition_n))
-    quality.append(row)
-    samples_txt.append(f"==== {name} | {sampler} | steps {steps} | judge NLL {row['nll']:.3f} ====\n"
-                       f"{decode(tokens[0].tolist())}\n")
+def block_steps(model, steps):
+    """Denoising passes per block that add up to about steps over a sample (steps itself for a
+    full-sequence model, which denoises the whole sample at once)."""
+    block = model.denoising_block
+    return steps if block is None else max(1, round(steps * block / (L - 1)))
 
 
-with ctx:
-    add_sample('val text', 'reference', '-', reference, '-', None)
-    ar_tokens, seconds = timed(lambda: ar_model.generate(first, L - 1, temperature=temperature,
-                                                          generator=torch.Generator(device=device).manual_seed(seed + 4)), device_type)
-    add_sample(ar_name, 'autoregressive', '-', ar_tokens, L - 1, seconds)
-    samplers = {'refine': (diffusion.refine_sample, {}), 'confidence': (diffusion.confidence_sample, {}),
-                'confidence+wrong': (diffusion.confidence_sample, {'remask': 'wrong'}),
-                'ancestral': (diffusion.confidence_sample, {'order': 'random'})}
-    for name, model, _ in models:
-        x = torch.cat([first, torch.full((num_samples, L - 1), model.config.mask_token_id, device=device)], 1)
-        with torch.no_grad():
-            diffusion.denoiser_logits(model, x) # warm-up, so the first timing is not paying for it
-        for sampler, (sample_fn, kwargs) in samplers.items():
-            for steps in step_counts:
-                generator = torch.Generator(device=device).manual_seed(seed + 4)
-                (tokens, passes), seconds = timed(lambda: sample_fn(model, x, steps, temperature=temperature,
-                                                                    generator=generator, **kwargs), device_type)
-                add_sample(name, sampler, steps, tokens, passes, seconds)
-                print(f"{name} {sampler} {steps} steps: judge NLL {quality[-1]['nll']:.3f}, {passes} passes, "
-                      f"{seconds:.2f}s", flush=True)
-with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f:
-    f.write('\n'.join(samples_txt))
+def steps_label(name, sampler, steps):
+    """A step count as the tables show it: '<=' for a cap, and the passes per block of a block model."""
+    if steps == '-':
+        return '-'
+    label = f"<={steps}" if sampler in adaptive else str(steps)
+    model = by_name[name]
+    return label if model.denoising_block is None else f"{label} ({block_steps(model, steps)}/block)"
+
+
+def sampler_steps(sampler, counts):
+    """The step counts a sampler runs at: all of them, or the largest only when it is a cap."""
+    return [max(counts)] if sampler in adaptive else counts
+
+
+def sample(model, sampler, steps, temp, batch):
+    """(tokens (batch, L), forward passes, seconds) of one generator at temperature temp, from the
+    first batch tokens of `first` and a fixed seed (the same random numbers at every temperature).
+    AR: sampler 'autoregressive' (KV cache) or 'no KV cache'. Diffusion: diffusion.generate with
+    sampler_fns[sampler], block by block for a block model."""
+    generator = torch.Generator(device=device).manual_seed(seed + 4)
+    prompt = first[:batch]
+    if model.config.model_type == 'gpt2':
+        def run():
+            return model.generate(prompt, L - 1, temperature=temp, use_kv_cache=sampler != 'no KV cache',
+                                  generator=generator), L - 1
+    else:
+        sample_fn, kwargs = sampler_fns[sampler]
+        x = torch.cat([prompt, torch.full((batch, L - 1), model.config.mask_token_id, device=device)], 1)
+        kwargs = {**kwargs, ('max_steps' if sample_fn is diffusion.refine_sample else 'steps'): block_steps(model, steps)}
+
+        def run():
+            return diffusion.generate(model, x, sample_fn, temperature=temp, generator=generator, **kwargs)
+    with ctx:
+        (tokens, passes), seconds = timed(run, device_type)
+    return tokens, passes, seconds
+
+
+def text_metrics(tokens):
+    """Judge NLL, unigram entropy and repetition of samples (B, L), and the first one decoded."""
+    return dict(nll=judge_nll(judge, tokens), entropy=unigram_entropy(tokens), rep=repetition(tokens, repetition_n),
+                text=decode(tokens[0].tolist()))
+
+
+@functools.cache # the matched search starts at the fixed temperature: that run is not repeated
+def measure(name, sampler, steps, temp):
+    """The metrics of one generator's num_samples samples at temperature temp, as a table row."""
+    tokens, passes, seconds = sample(by_name[name], sampler, steps, temp, num_samples)
+    row = dict(text_metrics(tokens), name=name, sampler=sampler, steps=steps, temperature=temp, passes=passes)
+    print(f"{name} {sampler} steps {steps} temperature {temp:.3f}: judge NLL {row['nll']:.3f}, entropy "
+          f"{row['entropy']:.3f}, {passes} passes, {seconds:.2f}s", flush=True)
+    return row
+
+
+t_quality = time.time()
+val_row = dict(text_metrics(reference), name='val text', sampler='reference', steps='-', temperature='-', passes='-')
+fixed = [val_row, measure(ar_name, 'autoregressive', '-', temperature)] + [
+    measure(name, sampler, steps, temperature)
+    for name, _, _ in models for sampler in samplers for steps in sampler_steps(sampler, step_counts)]
 judge_note = ("The judge is the AR baseline itself, so the AR samples are scored by the model that wrote them "
               "(at temperature 1 their NLL is its own entropy rate: a favourable reference); pass judge_dir for an "
               "independent judge." if judge is ar_model else f"The judge is {names[os.path.normpath(judge_dir)]}.")
-section('Sample quality', [
+section('Sample quality at a fixed temperature', [
     f"{num_samples} samples of {L} tokens per generator, temperature {temperature}; the first token of each sample "
     f"is the first token of a random val window, the same for every generator, and the rest is generated.",
     f"Judge NLL: mean NLL (nats/token) of tokens 2..{L}, each given all tokens before it, under the AR judge "
@@ -241,14 +322,76 @@ section('Sample quality', [
     "Entropy: unigram entropy (nats) of all generated tokens pooled; repeated n-grams: mean over samples of the "
     f"fraction of a sample's {repetition_n}-grams that repeat an earlier one in it. **Read the judge NLL next to "
     "both**: a low NLL with a collapsed entropy or a high repetition is a degenerate sampler (repeating frequent "
-    "tokens), not a good one. The `val text` row is real text of the same size, the reference for all three; the "
-    f"unigram entropy of the whole val split is {val_entropy:.3f} nats.",
-    "Samplers (diffusion.py): `refine` is the seed's loop (steps = max_steps; it may stop early), `confidence` "
-    "commits the most confident tokens on a cosine schedule, `confidence+wrong` also sends tokens the model flags "
-    "[WRONG] back to [MASK], `ancestral` commits a random choice of proposals on the same schedule "
-    "(MDLM's ancestral order). The first sample of each row is in samples.txt."],
-    ['model', 'sampler', 'steps', 'forward passes', 'judge NLL', 'entropy', f'repeated {repetition_n}-grams'],
-    [[r['name'], r['sampler'], r['steps'], r['passes'], fmt(r['nll']), fmt(r['entropy']), fmt(r['rep'])] for r in quality])
+    "tokens), not a good one; the next table compares generators at the entropy of real text. The `val text` row "
+    "is real text of the same size, the reference for all three.",
+    "Samplers (diffusion.py, all through diffusion.generate): `refine` is the seed's loop (steps = max_steps; it "
+    "may stop early), `confidence` commits the most confident proposals on a cosine schedule, `confidence+wrong` "
+    "also sends tokens the model flags [WRONG] back to [MASK], `ancestral` commits a random choice of proposals on "
+    "the same schedule (MDLM's ancestral order, the model's own distribution), `threshold` commits every proposal "
+    f"more probable than {threshold} (Fast-dLLM), `entropy` the surest proposals while their entropies sum to at "
+    f"most {entropy_budget} nats (EB-sampler); these two set their own number of passes, the step count (`<=`) is "
+    "only their cap. Steps count denoising passes over the whole sample: a block model (diffusion block < "
+    f"block_size) writes block after block, each in max(1, round(steps x block / {L - 1})) passes (`/block`), "
+    "and stores each finished block in its KV cache in one more pass; forward passes are all the passes used. "
+    "The first sample of each row is in samples.txt."],
+    ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'judge NLL', 'entropy',
+     f'repeated {repetition_n}-grams'],
+    [[r['name'], block_label(by_name[r['name']]) if r['name'] in by_name else '-', r['sampler'],
+      steps_label(r['name'], r['sampler'], r['steps']), r['passes'], fmt(r['nll']), fmt(r['entropy']), fmt(r['rep'])]
+     for r in fixed])
+print(f"fixed temperature: {time.time() - t_quality:.0f}s", flush=True)
+
+t_matched = time.time()
+target = val_row['entropy'] # real text of the same size: the entropy estimate is biased low for few tokens
+
+
+def match(name, sampler, steps):
+    """measure() at the temperature that brings the unigram entropy of the samples within
+    match_tolerance of the val text's: a bisection on the temperature in [min_temperature,
+    max_temperature] (entropy rises with it), first trying `temperature`, at most match_tries
+    generations. If none reaches the band, the try closest to it, marked not matched."""
+    low, high = min_temperature, max_temperature
+    temp = temperature if low <= temperature <= high else (low + high) / 2
+    tries = []
+    for _ in range(match_tries):
+        tries.append(measure(name, sampler, steps, temp))
+        gap = tries[-1]['entropy'] - target
+        if abs(gap) <= match_tolerance * target:
+            break
+        low, high = (temp, high) if gap < 0 else (low, temp)
+        temp = (low + high) / 2
+    best = min(tries, key=lambda r: abs(r['entropy'] - target))
+    return dict(best, tries=len(tries), matched=abs(best['entropy'] - target) <= match_tolerance * target)
+
+
+matched = [match(ar_name, 'autoregressive', '-')] + [
+    match(name, sampler, steps)
+    for name, _, _ in models for sampler in samplers for steps in sampler_steps(sampler, match_step_counts)]
+matched.sort(key=lambda r: (not r['matched'], r['nll'])) # the best first, the generators that missed the band last
+ar_matched = next(r for r in matched if r['name'] == ar_name)
+section('Sample quality at matched diversity', [
+    f"The headline comparison. For AR and for every diffusion model x sampler at step counts "
+    f"{', '.join(map(str, match_step_counts))} (as in the table above), the temperature is searched so that the "
+    f"unigram entropy of the samples is within {match_tolerance * 100:g} % of that of the `val text` row "
+    f"({target:.3f} nats: real text of the same number of tokens, {num_samples} x {L}, since the estimate depends "
+    f"on the sample size): a bisection on the temperature in [{min_temperature}, {max_temperature}], first trying "
+    f"{temperature}, at most {match_tries} tries (`tries`) of {num_samples} samples each, with the same seed at "
+    "every temperature. A generator whose tries all miss the band shows the closest one, `not matched`, at the "
+    "bottom. Only then is the judge NLL compared: rows sorted by it, `vs AR` = judge NLL / AR's matched judge NLL "
+    f"({ar_matched['nll']:.3f}). The same samples, judge and metrics as above; their first samples are in "
+    "samples.txt."],
+    ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge NLL', 'vs AR', 'entropy',
+     f'repeated {repetition_n}-grams', 'forward passes', 'matched'],
+    [[val_row['name'], '-', val_row['sampler'], '-', '-', '-', fmt(val_row['nll']), fmt(val_row['nll'] / ar_matched['nll']),
+      fmt(val_row['entropy']), fmt(val_row['rep']), '-', 'reference']] +
+    [[r['name'], block_label(by_name[r['name']]), r['sampler'], steps_label(r['name'], r['sampler'], r['steps']),
+      fmt(r['temperature']), r['tries'], fmt(r['nll']), fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']),
+      fmt(r['rep']), r['passes'], 'yes' if r['matched'] else 'not matched'] for r in matched])
+print(f"matched diversity: {time.time() - t_matched:.0f}s", flush=True)
+with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f:
+    f.write('\n'.join(f"==== {r['name']} | {r['sampler']} | steps {r['steps']} | temperature {r['temperature']} | "
+                      f"judge NLL {r['nll']:.3f} | entropy {r['entropy']:.3f} ====\n{r['text']}\n"
+                      for r in fixed + [r for r in matched if r not in fixed]))
 
 # -----------------------------------------------------------------------------
 # 3. proofreading
@@ -266,106 +409,125 @@ for name, model, checkpoint in models:
                                                             temperature=proofread_temperature, generator=noise)
             results.append((x, corrupted, truth, flagged, corrected))
         clean, corrupted, truth, flagged, corrected = (torch.cat(t) for t in zip(*results))
-        proofreading.append(dict(name=name, objective=objective(checkpoint), rate=rate, prf=detection_prf(flagged, truth),
-                                 before=char_error_rate(corrupted, clean), after=char_error_rate(corrected, clean)))
+        proofreading.append(dict(name=name, block=block_label(model), objective=objective(checkpoint), rate=rate,
+                                 prf=detection_prf(flagged, truth), before=char_error_rate(corrupted, clean),
+                                 after=char_error_rate(corrected, clean)))
 section('Proofreading', [
     f"{eval_batches} val batches of {batch_size} rows of each model's block_size; in every row exactly int(rate * "
     "block_size) positions get a random different token. Detection: the positions diffusion.wrong_flags flags "
     "[WRONG] (argmax over everything but [MASK]) against the substituted ones, counted over all positions. "
     f"Correction: diffusion.proofread sends the flagged tokens back to [MASK] and rewrites them in {proofread_steps} "
-    f"confidence steps at temperature {proofread_temperature}. Error rate: fraction of tokens that differ from the "
-    "clean text (substitution only, so the texts stay aligned: Hamming = character error rate for char data). "
-    "A model trained with the `elbo` objective never saw [WRONG] as a target: its row measures an untrained head."],
-    ['model', 'objective', 'substituted', 'precision', 'recall', 'F1', 'error rate before', 'error rate after'],
-    [[r['name'], r['objective'], f"{r['rate'] * 100:g}%", *map(fmt, r['prf']), fmt(r['before'], 4), fmt(r['after'], 4)]
-     for r in proofreading])
+    f"confidence steps at temperature {proofread_temperature}. Both see the whole row at once: a block model with "
+    "its block-causal attention (each block sees itself and the blocks before it). Error rate: fraction of tokens "
+    "that differ from the clean text (substitution only, so the texts stay aligned: Hamming = character error rate "
+    "for char data). A model trained with the `elbo` objective never saw [WRONG] as a target: its row measures an "
+    "untrained head."],
+    ['model', 'diffusion block', 'objective', 'substituted', 'precision', 'recall', 'F1', 'error rate before',
+     'error rate after'],
+    [[r['name'], r['block'], r['objective'], f"{r['rate'] * 100:g}%", *map(fmt, r['prf']), fmt(r['before'], 4),
+      fmt(r['after'], 4)] for r in proofreading])
 
 # -----------------------------------------------------------------------------
-# 4. speed: fresh models of one architecture, that of the first diffusion checkpoint
-print("speed...", flush=True)
-arch = dict(asdict(models[0][1].config), mask_logit_bias=0.0)
+# 4. speed: training on fresh models of one architecture, that of the first diffusion checkpoint
+print("training speed...", flush=True)
+arch = dict(asdict(models[0][1].config), mask_logit_bias=0.0, diffusion_block=0)
 ar_arch = dict(arch, model_type='gpt2', vocab_size=vocab, mask_token_id=-1, wrong_token_id=-1, time_conditioning=False)
 block = arch['block_size']
+# the block sizes of the checkpoints that cut this block_size into whole blocks
+blocks = sorted({m.denoising_block for _, m, _ in models if m.denoising_block and block % m.denoising_block == 0})
 
 
-def training_speed(model_args, loss_type):
+def training_speed(model_args):
     """(tokens/s, seconds per iteration, parameters) of train.py's step on a fresh model:
-    corruption, forward, loss, backward, gradient clipping, AdamW and, for diffusion, the
-    [MASK] bias controller. One batch of real val text is reused: data loading is the
-    same for both kinds of model."""
+    for diffusion the ELBO objective (mask-only corruption of each block, or of each row,
+    the two-stream pass of a block model); forward, loss, backward, gradient clipping, AdamW
+    and, for diffusion, the [MASK] bias controller. One batch of real val text is reused:
+    data loading is the same for every kind of model."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**model_args)).to(device)
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
     x, y = get_batch(val_data, batch_size, block, torch.Generator().manual_seed(seed), device)
     noise = torch.Generator(device=device).manual_seed(seed)
-    mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
+    mask_id, rows = model.config.mask_token_id, model.denoising_block or block
 
     def step():
-        if loss_type == 'ar':
+        if model.config.model_type == 'gpt2':
             with ctx:
                 _, loss = model(x, y)
-        elif loss_type == 'elbo':
-            inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(x, noise, mask_id, 'linear')
+        else: # train.py's model_loss: one noise level per block (per row for a full-sequence model)
+            inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(
+                diffusion.block_rows(x, rows), noise, mask_id, 'linear')
             with ctx:
-                logits, _ = model(inputs, noise_level=noise_level)
+                logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x)
+            logits = diffusion.block_rows(logits, rows)
             loss, _ = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id)
-        else: # the seed recipe past its curriculum: every kind of corruption, full penalty (train.py's defaults)
-            inputs, targets, noise_level = diffusion.corrupt(x, noise, mask_id, wrong_id, 0.0, 1.0)
-            with ctx:
-                logits, _ = model(inputs, noise_level=noise_level)
-            loss, _ = diffusion.task_weighted_loss(logits, inputs, targets, noise_level, mask_id, wrong_id, 1.0, 1.0, 0.5, 0.1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if loss_type != 'ar':
+        if model.config.model_type == 'diffusion':
             p_mask, _ = diffusion.mask_statistics(logits, inputs, mask_id, model.mask_logit_bias)
             model.mask_logit_bias.copy_(diffusion.update_mask_bias(model.mask_logit_bias, p_mask, 0.5, 0.1, 20.0))
 
     for _ in range(2): # warm-up: allocations, kernel selection
         step()
     _, seconds = timed(lambda: [step() for _ in range(speed_iters)], device_type)
-    return batch_size * block * speed_iters / seconds, seconds / speed_iters, model.get_num_params()
-
-
-speeds = [(label, objective_name, *training_speed(args, loss_type)) for label, objective_name, args, loss_type in
-          (('AR', 'next token', ar_arch, 'ar'), ('diffusion', 'seed', arch, 'seed'), ('diffusion', 'elbo', arch, 'elbo'))]
+    return batch_size * block * speed_iters / seconds, seconds / speed_iters, model
+# (label, architecture): AR, full-sequence diffusion and a block model per block size (block models have no time conditioning)
+variants = [('AR', ar_arch), ('diffusion', arch)] + [('block diffusion', dict(arch, diffusion_block=b, time_conditioning=False))
+                                                      for b in blocks]
+speeds = [(label, *training_speed(args)) for label, args in variants]
 section('Training speed', [
     f"Fresh models of the architecture of {models[0][0]} ({arch['n_layer']} layers, {arch['n_head']} heads, "
     f"{arch['n_embd']} wide, block_size {block}, {arch['pos_encoding']} positions), batch {batch_size}, eager "
-    f"(no torch.compile), {speed_iters} timed iterations of train.py's step: corruption (diffusion), forward, loss, "
-    "backward, clipping, AdamW, and the [MASK] bias controller (diffusion). `vs AR` is tokens/s relative to AR: "
-    "the diffusion models pay for the corruption and their loss only."],
-    ['model', 'objective', 'parameters', 'ms/iteration', 'tokens/s', 'vs AR'],
-    [[label, objective_name, f"{params:,}", fmt(seconds * 1000, 1), f"{tokens_per_s:,.0f}",
-      fmt(tokens_per_s / speeds[0][2], 2)] for label, objective_name, tokens_per_s, seconds, params in speeds])
+    f"(no torch.compile), {speed_iters} timed iterations of train.py's step: forward, loss, backward, clipping, "
+    "AdamW; for diffusion the `elbo` objective, its mask-only corruption (one noise level per row, or per block) "
+    "and the [MASK] bias controller. A block model (one per diffusion block among the checkpoints) runs the "
+    "two-stream pass of BD3-LM: the noisy and the clean text side by side, twice the positions. tokens/s counts "
+    "the text tokens of a batch; `vs AR` is tokens/s relative to AR."],
+    ['model', 'diffusion block', 'objective', 'parameters', 'ms/iteration', 'tokens/s', 'vs AR'],
+    [[label, block_label(model), 'next token' if model.config.model_type == 'gpt2' else 'elbo',
+      f"{model.get_num_params():,}", fmt(seconds * 1000, 1), f"{tokens_per_s:,.0f}", fmt(tokens_per_s / speeds[0][1], 2)]
+     for label, tokens_per_s, seconds, model in speeds])
 
-twin = GPT(GPTConfig(**ar_arch)).to(device).eval()
-generation = []
+print("generation speed...", flush=True)
+twin = GPT(GPTConfig(**ar_arch)).to(device).eval() # speed does not depend on the weights
+by_name['AR'] = twin
 with ctx:
     twin.generate(first, 2) # warm-up
-    for use_kv_cache in (False, True):
-        _, seconds = timed(lambda: twin.generate(first, L - 1, temperature=temperature, use_kv_cache=use_kv_cache,
-                                                  generator=torch.Generator(device=device).manual_seed(seed)), device_type)
-        generation.append(dict(name='AR + KV cache' if use_kv_cache else 'AR', sampler='autoregressive', steps='-',
-                               passes=L - 1, seconds=seconds))
-generation += [r for r in quality if r['seconds'] is not None and r['sampler'] != 'autoregressive']
-ar_kv_speed = num_samples * (L - 1) / generation[1]['seconds']
+# (generator, sampler, steps, temperature, note) of each timed generator: AR, and every diffusion
+# model at the settings of its best row at matched diversity (the first of its rows in that table)
+timed_rows = [('AR', sampler, '-', ar_matched['temperature'], '') for sampler in ('no KV cache', 'autoregressive')] + [
+    (r['name'], r['sampler'], r['steps'], r['temperature'], '' if r['matched'] else ' (not matched)')
+    for r in [next(r for r in matched if r['name'] == name) for name, _, _ in models]]
+generation = [] # per row: [tokens/s, forward passes] at batch 1, then at batch num_samples
+for name, sampler, steps, temp, _ in timed_rows:
+    generation.append([])
+    for batch in (1, num_samples):
+        _, passes, seconds = sample(by_name[name], sampler, steps, temp, batch)
+        generation[-1] += [batch * (L - 1) / seconds, passes]
+ar_kv = generation[1]
 section('Generation speed', [
-    f"Batches of {num_samples} samples, {L - 1} tokens written after a given first one, temperature {temperature}. "
-    f"AR: a fresh model of the architecture of {models[0][0]} (speed does not depend on the weights), without and "
-    "with its KV cache. Diffusion: the timed runs of the sample-quality table (the trained checkpoints, since the "
-    "number of forward passes of `refine` depends on the model). tokens/s = generated tokens / wall time."],
-    ['generator', 'sampler', 'steps', 'forward passes', 'seconds', 'tokens/s', 'vs AR + KV cache'],
-    [[r['name'], r['sampler'], r['steps'], r['passes'], fmt(r['seconds']), f"{num_samples * (L - 1) / r['seconds']:,.0f}",
-      fmt(num_samples * (L - 1) / r['seconds'] / ar_kv_speed, 2)] for r in generation])
+    f"{L - 1} tokens written after a given first one, by one sample (batch 1) and by a batch of {num_samples}; "
+    "tokens/s = generated tokens / wall time (tokens are characters for char data). AR: a fresh model of the "
+    f"architecture of {models[0][0]} (speed does not depend on the weights), without and with its KV cache. "
+    "Diffusion: each trained checkpoint through diffusion.generate (block models block by block with their KV "
+    "cache), at the sampler, steps and temperature of its best row at matched diversity (its lowest judge NLL; "
+    "marked if it did not reach the band). Forward passes at batch 1 / at the batch: `refine` and the adaptive "
+    "samplers stop when every sample of the batch is done."],
+    ['generator', 'diffusion block', 'sampler', 'steps', 'temperature', 'forward passes', 'tokens/s batch 1',
+     f'tokens/s batch {num_samples}', 'vs AR + KV cache batch 1', f'vs AR + KV cache batch {num_samples}'],
+    [['AR + KV cache' if sampler == 'autoregressive' else name, block_label(by_name[name]), sampler + note,
+      steps_label(name, sampler, steps), fmt(temp), f"{passes_1} / {passes_b}", f"{speed_1:,.0f}", f"{speed_b:,.0f}",
+      fmt(speed_1 / ar_kv[0], 2), fmt(speed_b / ar_kv[2], 2)]
+     for (name, sampler, steps, temp, note), (speed_1, passes_1, speed_b, passes_b) in zip(timed_rows, generation)])
 
 # -----------------------------------------------------------------------------
 # plots
 
 
 def write_plots():
-    """PNG plots of the tables (matplotlib is optional): a colour per model, a line style per sampler."""
+    """PNG plots of the tables (matplotlib is optional): a colour per model, a marker per sampler."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -374,27 +536,39 @@ def write_plots():
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
     colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    styles = dict(zip(samplers, ('-o', '--s', ':^', '-.D', '-v', '--P')))
-
-    def plot_samplers(ax, rows, value):
-        for i, (name, _, _) in enumerate(models):
-            for sampler in samplers:
-                points = [r for r in rows if r['name'] == name and r['sampler'] == sampler]
-                ax.plot([r['steps'] for r in points], [value(r) for r in points], styles[sampler],
-                        color=colours[i % len(colours)], label=f"{name} {sampler}")
-        ax.set_xscale('log', base=2)
-        ax.set_xlabel('diffusion steps')
+    styles = dict(zip(sampler_fns, ('-o', '--s', ':^', '-.D', 'P', 'X')))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.5), layout='constrained')
     for ax, key, label in zip(axes, ('nll', 'entropy', 'rep'),
                               ('judge NLL (nats/token)', 'unigram entropy (nats)', f'repeated {repetition_n}-grams')):
-        plot_samplers(ax, quality, lambda r: r[key])
-        for r, style in zip(quality[:2], ('--', ':')): # val text and AR samples
+        for i, (name, _, _) in enumerate(models):
+            for sampler in samplers:
+                points = [r for r in fixed if r['name'] == name and r['sampler'] == sampler]
+                ax.plot([r['passes'] for r in points], [r[key] for r in points], styles[sampler],
+                        color=colours[i % len(colours)], label=f"{name} {sampler}")
+        for r, style in zip(fixed[:2], ('--', ':')): # val text and AR samples
             ax.axhline(r[key], color='k', linestyle=style, label=f"{r['name']} ({r['sampler']})")
+        ax.set_xscale('log', base=2)
+        ax.set_xlabel('forward passes')
         ax.set_ylabel(label)
     fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center', ncol=3, fontsize=8)
-    fig.suptitle('sample quality: read the judge NLL next to entropy and repetition')
+    fig.suptitle(f'sample quality at temperature {temperature}: read the judge NLL next to entropy and repetition')
     fig.savefig(os.path.join(out, 'sample_quality.png'), dpi=100)
+
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.3 * len(matched)), layout='constrained')
+    ax.barh(range(len(matched)), [r['nll'] for r in matched], hatch=None,
+            color=[colours[[n for n, _, _ in models].index(r['name']) % len(colours)] if r['name'] != ar_name else 'k'
+                   for r in matched], alpha=0.8)
+    for i, r in enumerate(matched):
+        if not r['matched']:
+            ax.text(r['nll'], i, ' not matched', va='center', fontsize=8)
+    ax.set_yticks(range(len(matched)), [f"{r['name']} {r['sampler']} {steps_label(r['name'], r['sampler'], r['steps'])}"
+                                        for r in matched], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(val_row['nll'], color='k', linestyle='--', label='val text')
+    ax.set_xlabel('judge NLL (nats/token) at matched unigram entropy')
+    ax.legend(fontsize=8)
+    fig.savefig(os.path.join(out, 'matched_diversity.png'), dpi=100)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout='constrained')
     rates = [r * 100 for r in proofread_rates]
@@ -408,22 +582,14 @@ def write_plots():
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     fig.savefig(os.path.join(out, 'proofreading.png'), dpi=100)
-
-    fig, ax = plt.subplots(figsize=(8, 6), layout='constrained')
-    plot_samplers(ax, generation, lambda r: num_samples * (L - 1) / r['seconds'])
-    for r, style in zip(generation[:2], (':', '--')): # AR without and with the KV cache
-        ax.axhline(num_samples * (L - 1) / r['seconds'], color='k', linestyle=style, label=r['name'])
-    ax.set_yscale('log')
-    ax.set_ylabel('generated tokens/s')
-    fig.legend(loc='outside lower center', ncol=2, fontsize=8)
-    fig.savefig(os.path.join(out, 'generation_speed.png'), dpi=100)
     plt.close('all')
-    return ['sample_quality.png', 'proofreading.png', 'generation_speed.png']
+    return ['sample_quality.png', 'matched_diversity.png', 'proofreading.png']
 
 
 plots = write_plots()
 report.append(f"Plots: {', '.join(plots) if plots else 'none (matplotlib is not installed)'}. "
-              f"The benchmark took {time.time() - t_start:.0f} s.\n")
+              f"The benchmark took {time.time() - t_start:.0f} s, {measure.cache_info().currsize} generations of "
+              f"{num_samples} samples for the sample-quality tables.\n")
 with open(os.path.join(out, 'results.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(report))
 print(f"wrote {os.path.join(out, 'results.md')} ({time.time() - t_start:.0f} s)")

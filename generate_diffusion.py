@@ -5,7 +5,9 @@ $ python generate_diffusion.py --out_dir=out-shakespeare-diffusion
 $ python generate_diffusion.py --start="ROMEO:" --show_steps=True --trajectory=steps.html
 $ python generate_diffusion.py --template="ROMEO:\\n[MASK*100]\\nJULIET:\\n[MASK*100]"
 $ python generate_diffusion.py --proofread="FILE:draft.txt"
-Prompts: `start` is a prefix, and the rest of the `length` tokens are written.
+Prompts: `start` is a prefix, and the rest of the `length` tokens are written; `length` may
+exceed the model's block_size: a block model slides its context block by block (with a KV
+cache of the finished blocks), a full-sequence model writes window after window.
 `template` is a whole sequence with placeholders: [MASK] is one token to write, [MASK*N]
 is N of them (tokens are characters for a char-level dataset, GPT-2 BPE tokens
 otherwise); everything else is kept as written. `proofread` is a text the model checks:
@@ -31,13 +33,16 @@ start = '' # prefix prompt, or "FILE:path"; '' = write from scratch
 template = '' # a whole sequence with [MASK] / [MASK*N] placeholders to fill in, or "FILE:path"
 proofread = '' # a text to check and correct, or "FILE:path"
 num_samples = 4 # samples drawn in parallel, as one batch
-length = None # tokens per sample, prompt included; None = the model's block_size
+length = None # tokens per sample, prompt included; None = the model's block_size; longer text slides the context
 sampler = 'refine' # 'refine' (the seed's loop: best judge NLL at a healthy entropy in bench.py) or 'confidence' (commit the surest tokens, a fixed number of steps)
-steps = 64 # confidence (and proofread): forward passes to write all masked tokens
-max_steps = 128 # refine: steps before one last pass fills whatever is still masked
+steps = 64 # confidence (and proofread): forward passes to write all masked tokens (per block for a block model; a cap for adaptive commits)
+max_steps = 128 # refine: steps before one last pass fills whatever is still masked (per block for a block model)
 schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
 order = 'confidence' # confidence: which proposals to commit, 'confidence' (surest first) or 'random' (MDLM's ancestral order)
 remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
+commit = 'schedule' # confidence sampler: how many proposals each pass commits: 'schedule' (steps passes), 'threshold' (every proposal surer than threshold, at least one) or 'entropy' (lowest-entropy proposals while their summed entropy <= entropy_budget)
+threshold = 0.9 # commit='threshold': confidence above which a proposal is committed
+entropy_budget = 1.0 # commit='entropy': nats of summed proposal entropy committed per pass
 temperature = 0.8 # 1.0 = the model's distribution, < 1.0 more conservative, 0 = greedy
 top_k = None # sample only among the top_k most likely tokens (None = all)
 top_p = None # sample only among the most likely tokens of total probability top_p (None = all)
@@ -108,52 +113,58 @@ if proofread or template:
             raise UserError("--proofread got an empty text")
     else:
         ids = parse_template(read_text(template, 'template'), encode, mask_id)
-    if len(ids) > block_size:
-        raise UserError(f"the {'text' if proofread else 'template'} is {len(ids)} tokens, longer than the model's block_size {block_size}")
+    if proofread and len(ids) > block_size:
+        raise UserError(f"the text is {len(ids)} tokens, longer than the model's block_size {block_size}: proofread it in parts")
 else:
     prompt = encode(read_text(start, 'start'))
     total = block_size if length is None else length
-    if total > block_size:
-        raise UserError(f"length {total} is longer than the model's block_size {block_size}: use --length={block_size} or less")
     if len(prompt) >= total:
-        raise UserError(f"the prompt has {len(prompt)} tokens, so length {total} leaves nothing to write: "
-                        f"{'raise --length or ' if total < block_size else ''}shorten --start")
+        raise UserError(f"the prompt has {len(prompt)} tokens, so length {total} leaves nothing to write: raise --length or shorten --start")
     ids = prompt + [mask_id] * (total - len(prompt))
 x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(num_samples, 1)
 
 
 # watching it think: the first sample after every forward pass
-def render(row, prev, colour):
-    """The text of a sequence, masks as glyphs; with colour, tokens written in this step
-    in green and tokens sent back to [MASK] in red (ANSI escape codes)."""
+def render(row, prev, span, cached, colour):
+    """The text of a sequence, masks as glyphs; with colour (ANSI escape codes), tokens
+    written in this step in green, tokens sent back to [MASK] in red, the positions being
+    written (the block, or window) in bold and those held in the KV cache underlined."""
     parts = []
-    for t, p in zip(row, prev):
+    for i, (t, p) in enumerate(zip(row, prev)):
         text = decode([t])
-        if colour and t == mask_id:
-            text = f"\x1b[{'31' if p != mask_id else '2'}m{text}\x1b[0m"
-        elif colour and p == mask_id:
-            text = f"\x1b[32m{text}\x1b[0m"
+        if colour:
+            style = ['1'] if span[0] <= i < span[1] else ['4'] if span[0] - cached <= i < span[0] else []
+            if t == mask_id:
+                style.append('31' if p != mask_id else '2')
+            elif p == mask_id:
+                style.append('32')
+            text = f"\x1b[{';'.join(style)}m{text}\x1b[0m" if style else text
         parts.append(text)
     return ''.join(parts)
 
 
 frames = [ids] # token ids of the first sample, one list per step
+spans, caches = [[0, 0]], [0] # per frame: the positions being written, and how many before them are cached
 tty = sys.stdout.isatty()
 
 
-def on_step(step, tokens):
+def on_step(step, tokens, span, cached):
     row = tokens[0].tolist() # one host sync per step, only when watching
     if show_steps:
         screen = '\x1b[H\x1b[2J' if tty else '' # redraw in place on a terminal, a log otherwise
-        print(f"{screen}step {step}: {row.count(mask_id)} masked\n{render(row, frames[-1], tty)}\n", flush=True)
+        where = f"writing {span[0]}-{span[1] - 1}" + (f", {cached} cached" if cached else '')
+        print(f"{screen}step {step}: {where}, {row.count(mask_id)} masked\n{render(row, frames[-1], span, cached, tty)}\n", flush=True)
     frames.append(row)
+    spans.append(list(span))
+    caches.append(cached)
 
 
 def write_trajectory(path, fixed):
     """A self-contained HTML page (no network) replaying frames with a slider; fixed
     lists the positions the sampler was not allowed to change."""
-    data = {'title': f"{out_dir}: {sampler} sampler", 'frames': frames, 'fixed': fixed, 'mask': mask_id,
-            'glyph': MASK_GLYPH, 'text': {t: decode([t]) for t in set().union(*frames) if t != mask_id}}
+    data = {'title': f"{out_dir}: {sampler} sampler", 'frames': frames, 'spans': spans, 'cached': caches,
+            'fixed': fixed, 'mask': mask_id, 'glyph': MASK_GLYPH,
+            'text': {t: decode([t]) for t in set().union(*frames) if t != mask_id}}
     # as JSON inside <script>: escaping <, > and & keeps "</script>" in a token from ending it
     payload = json.dumps(data, ensure_ascii=False).replace('<', '\\u003c').replace('>', '\\u003e').replace('&', '\\u0026')
     page = TRAJECTORY_PAGE.replace('@TITLE@', html.escape(data['title'])).replace('@DATA@', payload)
@@ -166,15 +177,17 @@ TRAJECTORY_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>@TITLE@</title>
 <style>
 body { font-family: sans-serif; margin: 2em; max-width: 60em; }
-#text { font-family: monospace; white-space: pre-wrap; border: 1px solid #ccc; padding: 1em; line-height: 1.4; }
+#text { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; border: 1px solid #ccc; padding: 1em; line-height: 1.6; }
 .fixed { font-weight: bold; } .mask { color: #aaa; } .new { background: #c8f7c5; } .flagged { background: #f7c5c5; }
+.active { outline: 1px solid #58a; } .cached { border-bottom: 2px solid #9bd; }
 </style></head><body>
 <h3>@TITLE@</h3>
 <p><button id="play">play</button> <input id="slider" type="range" min="0" value="0" style="width: 30em">
 <span id="label"></span></p>
 <div id="text"></div>
 <p><span class="fixed">prompt</span> &middot; <span class="mask">masked</span> &middot;
-<span class="new">written in this step</span> &middot; <span class="flagged">sent back to [MASK] in this step</span></p>
+<span class="new">written in this step</span> &middot; <span class="flagged">sent back to [MASK] in this step</span> &middot;
+<span class="active">being written (block or window)</span> &middot; <span class="cached">in the KV cache</span></p>
 <script type="application/json" id="data">@DATA@</script>
 <script>
 const data = JSON.parse(document.getElementById('data').textContent);
@@ -183,16 +196,22 @@ const label = document.getElementById('label'), play = document.getElementById('
 slider.max = data.frames.length - 1;
 function show(i) {
   const row = data.frames[i], prev = data.frames[Math.max(i - 1, 0)];
+  const [start, end] = data.spans[i], cached = data.cached[i];
   text.replaceChildren(...row.map((t, j) => {
     const span = document.createElement('span');
     span.textContent = t === data.mask ? data.glyph : data.text[t];
-    if (data.fixed[j]) span.className = 'fixed';
-    else if (t === data.mask) span.className = i > 0 && prev[j] !== data.mask ? 'mask flagged' : 'mask';
-    else if (i > 0 && prev[j] === data.mask) span.className = 'new';
+    const classes = [];
+    if (data.fixed[j]) classes.push('fixed');
+    else if (t === data.mask) classes.push(i > 0 && prev[j] !== data.mask ? 'mask flagged' : 'mask');
+    else if (i > 0 && prev[j] === data.mask) classes.push('new');
+    if (j >= start && j < end) classes.push('active');
+    else if (j >= start - cached && j < start) classes.push('cached');
+    span.className = classes.join(' ');
     return span;
   }));
   const masked = row.filter(t => t === data.mask).length;
-  label.textContent = 'step ' + i + ' of ' + (data.frames.length - 1) + ', ' + masked + ' masked';
+  label.textContent = 'step ' + i + ' of ' + (data.frames.length - 1) + ', ' + masked + ' masked' +
+    (end > start ? ', writing ' + start + '-' + (end - 1) : '') + (cached ? ', ' + cached + ' cached' : '');
 }
 let timer = null;
 play.onclick = () => {
@@ -219,12 +238,15 @@ def run():
     """(tokens, forward passes, positions the sampler wrote) of the chosen mode."""
     with ctx:
         if proofread:
+            if sampling['on_step'] is not None: # proofread() has no blocks or cache to show
+                sampling['on_step'] = lambda step, tokens: on_step(step, tokens, (0, len(ids)), 0)
             flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask, **sampling)
             return y, passes, flags
         if sampler == 'confidence':
-            y, passes = diffusion.confidence_sample(model, x, steps, schedule=schedule, remask=remask, order=order, **sampling)
+            y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=steps, schedule=schedule, remask=remask,
+                                           order=order, commit=commit, threshold=threshold, entropy_budget=entropy_budget, **sampling)
         else:
-            y, passes = diffusion.refine_sample(model, x, max_steps, **sampling)
+            y, passes = diffusion.generate(model, x, diffusion.refine_sample, max_steps=max_steps, **sampling)
         return y, passes, x == mask_id
 
 

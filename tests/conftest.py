@@ -125,16 +125,19 @@ def run_train_ranks():
     return run
 
 
-# the three kinds of training run whose resume is tested, each with its own options on top of
+# the kinds of training run whose resume is tested, each with its own options on top of
 # tiny_args: AR with dropout (so the torch RNG must be restored too), the seed objective with
 # the curriculum mid-ramp and the bias controller on, the ELBO with time conditioning and
-# gradient accumulation
+# gradient accumulation, and a block diffusion model (blocks of 8 of the 32 tokens) on the
+# seed objective in its two-stream pass, with the token-mean ELBO weighting never used
 RUN_VARIANTS = {
     'gpt2': ['--model_type=gpt2', '--dropout=0.1', '--learning_rate=1e-2', '--min_lr=1e-3'],
     'seed': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=seed', '--masking_warmup_iters=4',
              '--proofreading_warmup_iters=8', '--guaranteed_correct_factor=0.1', '--mask_bias_gain=0.3'],
     'elbo': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=elbo', '--noise_schedule=cosine',
              '--time_conditioning=True', '--gradient_accumulation_steps=2'],
+    'block': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=seed', '--diffusion_block=8',
+              '--masking_warmup_iters=4', '--proofreading_warmup_iters=8', '--mask_bias_gain=0.3'],
 }
 RUN_ITERS = 6 # evaluated and saved at 3 and 6
 

@@ -24,11 +24,12 @@ V = 10 # base vocabulary of the sampler tests
 MASK, WRONG = V, V + 1
 
 
-def tiny(seed=0, model_type='diffusion', vocab=V, mask_logit_bias=0.0, time_conditioning=False):
+def tiny(seed=0, model_type='diffusion', vocab=V, mask_logit_bias=0.0, time_conditioning=False, diffusion_block=0):
     torch.manual_seed(seed)
     specials = dict(vocab_size=vocab + 2, mask_token_id=vocab, wrong_token_id=vocab + 1) if model_type == 'diffusion' else dict(vocab_size=vocab)
     config = GPTConfig(model_type=model_type, n_layer=1, n_head=2, n_embd=32, block_size=32, pos_encoding='rope',
-                       mask_logit_bias=mask_logit_bias, time_conditioning=time_conditioning, **specials)
+                       mask_logit_bias=mask_logit_bias, time_conditioning=time_conditioning,
+                       diffusion_block=diffusion_block, **specials)
     return GPT(config).eval()
 
 
@@ -209,23 +210,24 @@ CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz :\n"))
 
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
-    """A char dataset under data/ (scripts read tokenizers there) and a tiny diffusion and
-    AR checkpoint in the format train.py writes."""
+    """A char dataset under data/ (scripts read tokenizers there) and a tiny diffusion, block
+    diffusion (blocks of 8) and AR checkpoint in the format train.py writes."""
     dataset = f'_test_sampling_{os.getpid()}'
     data_dir = Path(loading.DATA_DIR) / dataset
     data_dir.mkdir(parents=True)
     (data_dir / 'meta.json').write_text(json.dumps({'tokenizer': 'char', 'vocab_size': len(CHARS), 'itos': CHARS}))
     root = tmp_path_factory.mktemp('ckpt')
     dirs = {}
-    for model_type, name in (('diffusion', 'diff<&"x'), ('gpt2', 'ar')): # a name that needs escaping in HTML
-        model = tiny(model_type=model_type, vocab=len(CHARS))
+    for kind, model_type, name in (('diffusion', 'diffusion', 'diff<&"x'), ('block', 'diffusion', 'block'),
+                                   ('gpt2', 'gpt2', 'ar')): # a name that needs escaping in HTML
+        model = tiny(model_type=model_type, vocab=len(CHARS), diffusion_block=8 if kind == 'block' else 0)
         optimizer = torch.optim.AdamW(model.parameters())
-        dirs[model_type] = root / name
+        dirs[kind] = root / name
         loading.save_checkpoint({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                                  'model_args': asdict(model.config), 'iter_num': 0, 'best_val_loss': 1e9,
                                  'config': {'dataset': dataset},
                                  'rng': {'data': [torch.get_rng_state()], 'noise': [torch.get_rng_state()],
-                                         'torch': [torch.get_rng_state()], 'cuda': None}}, dirs[model_type])
+                                         'torch': [torch.get_rng_state()], 'cuda': None}}, dirs[kind])
     yield dirs
     shutil.rmtree(data_dir)
 
@@ -273,6 +275,27 @@ def test_generate_template_and_trajectory(checkpoints, monkeypatch, capsys, tmp_
     assert data['frames'][-1].count(data['mask']) == 0 and data['fixed'].count(False) == 7
 
 
+@pytest.mark.parametrize('kind', ['block', 'diffusion'])
+@pytest.mark.parametrize('sampler', ['refine', 'confidence'])
+def test_generate_text_longer_than_block_size(checkpoints, monkeypatch, capsys, tmp_path, kind, sampler):
+    """--length past block_size (32): a block model slides its context block by block, a
+    full-sequence model window by window; the page shows which positions are written and cached."""
+    page = tmp_path / 't.html'
+    out = run_script(monkeypatch, capsys, 'generate_diffusion.py', f'--out_dir={checkpoints[kind]}', '--device=cpu',
+                     '--start=ab', '--length=90', f'--sampler={sampler}', '--steps=3', '--max_steps=3', '--commit=threshold',
+                     '--num_samples=2', f'--trajectory={page}', f'--output={tmp_path / "s.txt"}', '--show_steps=True')
+    samples = read_samples(tmp_path / 's.txt')
+    assert len(samples) == 2 and all(len(s) == 90 and s.startswith('ab') and set(s) <= set(CHARS) for s in samples)
+    data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page.read_text(encoding='utf-8'), re.S).group(1))
+    spans, cached = data['spans'][1:], data['cached'][1:]
+    if kind == 'block':
+        assert {e - s for s, e in spans} == {8, 90 % 8} and max(cached) == 32 - 8 and 'cached' in out
+    else:
+        assert {e - s for s, e in spans} == {32} and set(cached) == {0}
+    assert spans[-1][1] == 90 and data['frames'][-1].count(data['mask']) == 0
+    assert 'overflow-wrap: anywhere' in page.read_text(encoding='utf-8') # a run of masks wraps in the page
+
+
 def test_generate_proofread(checkpoints, monkeypatch, capsys, tmp_path):
     text = 'the quick brown fox'
     out = run_script(monkeypatch, capsys, 'generate_diffusion.py', f'--out_dir={checkpoints["diffusion"]}', '--device=cpu',
@@ -282,14 +305,13 @@ def test_generate_proofread(checkpoints, monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--length=33'], "longer than the model's block_size 32"),
     (['--start=abc', '--length=3'], 'leaves nothing to write'),
     (['--start=ABC'], "characters 'ABC' are not in"),
     (['--start=ab', '--template=[MASK]'], 'set only one of'),
     (['--proofread=ab', '--length=3'], 'does not go with --proofread'),
     (['--template=abc[MASK*0]'], 'nothing to fill in'),
     (['--start=FILE:/nonexistent/prompt.txt'], 'no file at /nonexistent/prompt.txt'),
-    (['--template=[MASK*40]'], 'longer than the model'),
+    (['--proofread=' + 'a' * 40], 'proofread it in parts'),
     (['--sampler=refine', '--remask=wrong'], 'works with the confidence sampler'),
     (['--order=random'], 'works with the confidence sampler'),
     (['--trajectory=t.txt'], 'ending in .html'),

@@ -12,7 +12,7 @@ from loading import load_checkpoint, model_from_checkpoint
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ['gpt2', 'seed', 'elbo'] # the runs of the training_runs fixture (conftest.py)
+VARIANTS = ['gpt2', 'seed', 'elbo', 'block'] # the runs of the training_runs fixture (conftest.py)
 
 
 def ckpt(out_dir):
@@ -92,6 +92,7 @@ def test_checkpoint_round_trip(training_runs, tiny_dataset, variant, run_iters):
         assert args['vocab_size'] == V + 2
         assert args['mask_token_id'] == V and args['wrong_token_id'] == V + 1
         assert args['time_conditioning'] == (variant == 'elbo')
+        assert args['diffusion_block'] == (8 if variant == 'block' else 0)
         # the controller raised the bias from 0 toward the target p([MASK]) = 0.5
         assert 0 < bias <= 20
     # the loader rebuilds the same model
