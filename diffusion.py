@@ -288,14 +288,18 @@ def sample_tokens(logits, temperature, top_k, top_p, generator):
 def denoiser_logits(model, x, context=None):
     """Float logits of a diffusion model on x; the noise level of each row, for a model
     with time conditioning, is the fraction of its positions still masked. context, from
-    generate(), is (kv_cache, position of x[:, 0]): x is then one block that sees the
-    cached clean blocks before it, and the cache is read, not extended."""
+    generate(), is a dict: x is then one block at position context['offset'] that sees the
+    clean blocks before it through the KV cache context['cache'], which it reads without
+    extending. Finished blocks not yet in the cache (context['pending'], the tokens right
+    before x) ride along in the first pass, which stores them: no pass of their own."""
     noise_level = (x == model.config.mask_token_id).float().mean(1)
     if context is None:
         logits, _ = model(x, noise_level=noise_level)
-    else:
-        logits, _ = model(x, noise_level=noise_level, kv_cache=context[0], pos_offset=context[1], update_cache=False)
-    return logits.float()
+        return logits.float()
+    pending = context.pop('pending', x[:, :0])
+    logits, _ = model(torch.cat([pending, x], 1), noise_level=noise_level, kv_cache=context['cache'],
+                      pos_offset=context['offset'] - pending.size(1), store=pending.size(1))
+    return logits[:, pending.size(1):].float()
 
 
 @torch.no_grad()
@@ -452,8 +456,8 @@ def generate(model, x, sample_fn, on_step=None, **sampler_kwargs):
     confidence_sample, with sampler_kwargs); every other position stays as given.
     A block model writes block by block, left to right, each block with sample_fn on its
     own tokens, seeing the finished blocks before it through a KV cache: they are run once
-    as clean input (one forward pass for all finished blocks since the last one) and their
-    keys and values reused by every pass of the next block. When the next block does not
+    as clean input (beside the first pass over the next block, see denoiser_logits) and
+    their keys and values reused by every later pass. When the next block does not
     fit in block_size, the context slides by whole blocks (so blocks stay where training
     put them) and the cache is rebuilt from the last block_size - block tokens.
     A full-sequence model has no cache: sample_fn runs on the whole x when it fits in
@@ -461,7 +465,7 @@ def generate(model, x, sample_fn, on_step=None, **sampler_kwargs):
     sliding by half a window, its first half the end of the text written so far (fixed).
     on_step(passes, tokens (B, N), (start, end) of the positions being written, number of
     positions whose keys are cached) is called after every denoising pass.
-    Returns (tokens, forward_passes), cache passes included."""
+    Returns (tokens, forward_passes)."""
     mask_id, T, block = model.config.mask_token_id, model.config.block_size, model.denoising_block
     N = x.size(1)
     x = x.clone()
@@ -480,10 +484,10 @@ def generate(model, x, sample_fn, on_step=None, **sampler_kwargs):
             window = max(0, start + block - T) # first position the model sees: a block boundary
             if cache is None or cache_start != window: # start, or slide: rebuild the cache
                 cache, cache_start, cache_end = [{} for _ in model.transformer.h], window, window
-            if cache_end < start: # store the clean blocks written (or given) since the last store
-                model(x[:, cache_end:start], kv_cache=cache, pos_offset=cache_end - cache_start)
-                cache_end, passes = start, passes + 1
-            context = (cache, start - cache_start)
+            # the clean blocks written (or given) since the last store go into the cache
+            # during the first pass over this block
+            context = {'cache': cache, 'offset': start - cache_start, 'pending': x[:, cache_end:start]}
+            cache_end = start
 
         def span_step(step, tokens, start=start, end=end, done=passes):
             if on_step is not None:

@@ -59,7 +59,7 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
         self.causal = config.model_type == 'gpt2'
 
-    def forward(self, x, rotary=None, kv_cache=None, attn_mask=None, update_cache=True):
+    def forward(self, x, rotary=None, kv_cache=None, attn_mask=None, store=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) # (B, nh, T, hs)
@@ -68,14 +68,17 @@ class SelfAttention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         # the KV cache: keys/values of earlier positions are reused. AR generation stores
-        # every new token; block diffusion stores a block once it is finished, and reads the
-        # cache without storing while it is still denoising the block (update_cache=False)
+        # every new token; block diffusion stores a block once it is finished, and only reads
+        # the cache while a block is still noisy: store = how many of the new tokens (the
+        # leading ones) to append, None for all
         if kv_cache is not None:
-            if kv_cache.get('k') is not None:
+            cached = 0 if kv_cache.get('k') is None else kv_cache['k'].size(2)
+            if cached:
                 k = torch.cat([kv_cache['k'], k], dim=2)
                 v = torch.cat([kv_cache['v'], v], dim=2)
-            if update_cache:
-                kv_cache['k'], kv_cache['v'] = k, v
+            if store is None or store > 0:
+                end = k.size(2) if store is None else cached + store
+                kv_cache['k'], kv_cache['v'] = k[:, :, :end], v[:, :, :end]
         # GPT.forward passes a mask whenever the pattern is not plain causal or plain full
         causal = self.causal and T > 1 and attn_mask is None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
@@ -106,8 +109,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rotary=None, kv_cache=None, attn_mask=None, update_cache=True):
-        x = x + self.attn(self.ln_1(x), rotary, kv_cache, attn_mask, update_cache)
+    def forward(self, x, rotary=None, kv_cache=None, attn_mask=None, store=None):
+        x = x + self.attn(self.ln_1(x), rotary, kv_cache, attn_mask, store)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -207,7 +210,7 @@ class GPT(nn.Module):
         q_pos = torch.arange(pos_offset, pos_offset + t, device=device)
         return block_causal_mask(q_pos, torch.arange(pos_offset + t, device=device), block)
 
-    def forward(self, idx, targets=None, noise_level=None, kv_cache=None, pos_offset=0, clean=None, update_cache=True):
+    def forward(self, idx, targets=None, noise_level=None, kv_cache=None, pos_offset=0, clean=None, store=None):
         """idx (B, T) token ids. Returns (logits, loss).
         gpt2: with targets, logits for every position and the next-token loss; without,
         logits of the last position only (inference), as in nanoGPT.
@@ -221,7 +224,7 @@ class GPT(nn.Module):
         idx with block-causal attention, which is what sampling needs: finished blocks clean,
         the current one noisy.
         kv_cache: a list (one dict per layer) holding the keys and values of positions
-        0..pos_offset-1; the new tokens are appended to it unless update_cache is False."""
+        0..pos_offset-1; the new tokens are appended to it, or only the first `store` of them."""
         device = idx.device
         b, t = idx.size()
         assert pos_offset + t <= self.config.block_size, f"Cannot forward sequence of length {pos_offset + t}, block size is only {self.config.block_size}"
@@ -243,7 +246,7 @@ class GPT(nn.Module):
         attn_mask = self.attention_mask(t, pos_offset, cached, two_stream, device)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rotary, None if kv_cache is None else kv_cache[i], attn_mask, update_cache)
+            x = block(x, rotary, None if kv_cache is None else kv_cache[i], attn_mask, store)
         x = self.transformer.ln_f(x[:, :t]) # the noisy half only, in a two-stream pass
 
         if self.config.model_type == 'diffusion':

@@ -84,7 +84,7 @@ def test_two_stream_pass_equals_block_causal_and_cached_passes(pos_encoding):
         cache = [{} for _ in model.transformer.h]
         if s:
             model(clean[:, :s], kv_cache=cache)
-        cached, _ = model(x[:, s:e], kv_cache=cache, pos_offset=s, update_cache=False)
+        cached, _ = model(x[:, s:e], kv_cache=cache, pos_offset=s, store=0)
         assert cache[0].get('k') is None or cache[0]['k'].size(2) == s # reading did not extend the cache
         torch.testing.assert_close(two_stream[:, s:e], single[:, s:], rtol=0, atol=1e-5)
         torch.testing.assert_close(cached, single[:, s:], rtol=0, atol=1e-5)
