@@ -1,0 +1,11 @@
+# block diffusion (BD3-LM) at nanoGPT's shakespeare_char GPU size (6 layers, 6 heads, 384 wide,
+# block_size 256): blocks of diffusion_block characters, each denoised with the clean blocks
+# before it as context; the ELBO objective on the token mean, the full bound reported
+exec(open('config/train_shakespeare_diffusion.py').read())
+
+out_dir = 'out-shakespeare-block'
+wandb_run_name = 'mini-block-diffusion'
+loss_type = 'elbo'
+noise_schedule = 'linear'
+loss_weighting = 'token_mean'
+diffusion_block = 4
