@@ -96,7 +96,8 @@ sampler_fns = {'refine': (diffusion.refine_sample, {}),
                'entropy': (diffusion.confidence_sample, dict(commit='entropy', entropy_budget=entropy_budget))}
 adaptive = ('threshold', 'entropy') # samplers whose step count is only a cap
 if set(samplers) - set(sampler_fns):
-    raise UserError(f"unknown samplers {sorted(set(samplers) - set(sampler_fns))}: choose from {', '.join(sampler_fns)}")
+    raise UserError(f"unknown samplers {sorted(set(samplers) - set(sampler_fns))}: "
+                    f"choose from {', '.join(sampler_fns)}")
 if len(set(map(os.path.normpath, diffusion_dirs))) < len(diffusion_dirs):
     raise UserError(f"diffusion_dirs names a checkpoint twice: {diffusion_dirs}")
 if min(step_counts + match_step_counts) < 1:
@@ -128,13 +129,17 @@ def load(out_dir, model_type, key):
 
 
 def objective(checkpoint):
-    """A diffusion checkpoint's training objective: loss_type and, for the ELBO, its weighting and
-    its clipped mask-rate range when it has one."""
+    """A diffusion checkpoint's training objective: its loss_type and, for the ELBO, its weighting
+    and its clipped range of mask rates where they are not the bound's own."""
     config = checkpoint['config']
     if config.get('loss_type', 'seed') != 'elbo':
         return 'seed'
-    low, high = config.get('mask_rate_min', 0.0), config.get('mask_rate_max', 1.0)
-    return f"elbo, {config.get('loss_weighting', 'elbo')}" + (f", t in [{low:g}, {high:g}]" if (low, high) != (0, 1) else '')
+    parts, low, high = ['elbo'], config.get('mask_rate_min', 0.0), config.get('mask_rate_max', 1.0)
+    if config.get('loss_weighting', 'elbo') != 'elbo':
+        parts.append(config['loss_weighting'])
+    if (low, high) != (0, 1):
+        parts.append(f"mask rate in [{low:g}, {high:g}]")
+    return ', '.join(parts)
 
 
 def block_label(model):
@@ -229,8 +234,8 @@ section('Validation loss', [
     "the full range of noise levels t (one t per row, or per block of a block model: stratified, fixed seed; a block "
     "is denoised seeing the clean blocks before it). It is an upper bound on the NLL for any denoiser, in nats per "
     "token like the AR loss, so it is reported for every model, whatever its objective; it is tight only for a "
-    "model trained on it (`elbo`; `token_mean` weighting and a clipped range of t train on a reweighting of it, a "
-    "`seed`-trained model never saw mask-only inputs at every t). `vs AR` = bound / AR NLL (1 would be AR's "
+    "model trained on it (`elbo`; `token_mean` weighting and a clipped range of mask rates train on a reweighting "
+    "of it, a `seed`-trained model never saw mask-only inputs at every t). `vs AR` = bound / AR NLL (1 would be AR's "
     "likelihood). Diffusion block: tokens denoised together (BD3-LM), `full` = the whole sequence. Masked CE: mean "
     "CE over the words at exactly 15/50/90 % masked positions (the fill-in-the-blank loss, comparable across "
     "objectives)."],
@@ -252,13 +257,19 @@ def block_steps(model, steps):
     return steps if block is None else max(1, round(steps * block / (L - 1)))
 
 
-def steps_label(name, sampler, steps):
+def steps_label(model, sampler, steps):
     """A step count as the tables show it: '<=' for a cap, and the passes per block of a block model."""
     if steps == '-':
         return '-'
     label = f"<={steps}" if sampler in adaptive else str(steps)
-    model = by_name[name]
     return label if model.denoising_block is None else f"{label} ({block_steps(model, steps)}/block)"
+
+
+def describe(r):
+    """The model, diffusion block, sampler and steps cells of a sample-quality row."""
+    if r['model'] is None: # real text
+        return [r['name'], '-', r['sampler'], '-']
+    return [r['name'], block_label(r['model']), r['sampler'], steps_label(r['model'], r['sampler'], r['steps'])]
 
 
 def sampler_steps(sampler, counts):
@@ -280,7 +291,8 @@ def sample(model, sampler, steps, temp, batch):
     else:
         sample_fn, kwargs = sampler_fns[sampler]
         x = torch.cat([prompt, torch.full((batch, L - 1), model.config.mask_token_id, device=device)], 1)
-        kwargs = {**kwargs, ('max_steps' if sample_fn is diffusion.refine_sample else 'steps'): block_steps(model, steps)}
+        steps_key = 'max_steps' if sample_fn is diffusion.refine_sample else 'steps'
+        kwargs = {**kwargs, steps_key: block_steps(model, steps)}
 
         def run():
             return diffusion.generate(model, x, sample_fn, temperature=temp, generator=generator, **kwargs)
@@ -299,14 +311,16 @@ def text_metrics(tokens):
 def measure(name, sampler, steps, temp):
     """The metrics of one generator's num_samples samples at temperature temp, as a table row."""
     tokens, passes, seconds = sample(by_name[name], sampler, steps, temp, num_samples)
-    row = dict(text_metrics(tokens), name=name, sampler=sampler, steps=steps, temperature=temp, passes=passes)
+    row = dict(text_metrics(tokens), name=name, model=by_name[name], sampler=sampler, steps=steps, temperature=temp,
+               passes=passes)
     print(f"{name} {sampler} steps {steps} temperature {temp:.3f}: judge NLL {row['nll']:.3f}, entropy "
           f"{row['entropy']:.3f}, {passes} passes, {seconds:.2f}s", flush=True)
     return row
 
 
 t_quality = time.time()
-val_row = dict(text_metrics(reference), name='val text', sampler='reference', steps='-', temperature='-', passes='-')
+val_row = dict(text_metrics(reference), name='val text', model=None, sampler='reference', steps='-', temperature='-',
+               passes='-')
 fixed = [val_row, measure(ar_name, 'autoregressive', '-', temperature)] + [
     measure(name, sampler, steps, temperature)
     for name, _, _ in models for sampler in samplers for steps in sampler_steps(sampler, step_counts)]
@@ -332,13 +346,11 @@ section('Sample quality at a fixed temperature', [
     f"most {entropy_budget} nats (EB-sampler); these two set their own number of passes, the step count (`<=`) is "
     "only their cap. Steps count denoising passes over the whole sample: a block model (diffusion block < "
     f"block_size) writes block after block, each in max(1, round(steps x block / {L - 1})) passes (`/block`), "
-    "and stores each finished block in its KV cache in one more pass; forward passes are all the passes used. "
+    "seeing the finished blocks through a KV cache; forward passes are all the passes diffusion.generate used. "
     "The first sample of each row is in samples.txt."],
     ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'judge NLL', 'entropy',
      f'repeated {repetition_n}-grams'],
-    [[r['name'], block_label(by_name[r['name']]) if r['name'] in by_name else '-', r['sampler'],
-      steps_label(r['name'], r['sampler'], r['steps']), r['passes'], fmt(r['nll']), fmt(r['entropy']), fmt(r['rep'])]
-     for r in fixed])
+    [[*describe(r), r['passes'], fmt(r['nll']), fmt(r['entropy']), fmt(r['rep'])] for r in fixed])
 print(f"fixed temperature: {time.time() - t_quality:.0f}s", flush=True)
 
 t_matched = time.time()
@@ -382,16 +394,16 @@ section('Sample quality at matched diversity', [
     "samples.txt."],
     ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge NLL', 'vs AR', 'entropy',
      f'repeated {repetition_n}-grams', 'forward passes', 'matched'],
-    [[val_row['name'], '-', val_row['sampler'], '-', '-', '-', fmt(val_row['nll']), fmt(val_row['nll'] / ar_matched['nll']),
-      fmt(val_row['entropy']), fmt(val_row['rep']), '-', 'reference']] +
-    [[r['name'], block_label(by_name[r['name']]), r['sampler'], steps_label(r['name'], r['sampler'], r['steps']),
-      fmt(r['temperature']), r['tries'], fmt(r['nll']), fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']),
-      fmt(r['rep']), r['passes'], 'yes' if r['matched'] else 'not matched'] for r in matched])
+    [[*describe(r), r['temperature'] if r is val_row else fmt(r['temperature']), r.get('tries', '-'), fmt(r['nll']),
+      fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']), fmt(r['rep']), r['passes'],
+      'reference' if r is val_row else 'yes' if r['matched'] else 'not matched'] for r in [val_row] + matched])
 print(f"matched diversity: {time.time() - t_matched:.0f}s", flush=True)
+# the first sample of every row of both tables, each run once
+runs = {(r['name'], r['sampler'], r['steps'], r['temperature']): r for r in fixed + matched}
 with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(f"==== {r['name']} | {r['sampler']} | steps {r['steps']} | temperature {r['temperature']} | "
                       f"judge NLL {r['nll']:.3f} | entropy {r['entropy']:.3f} ====\n{r['text']}\n"
-                      for r in fixed + [r for r in matched if r not in fixed]))
+                      for r in runs.values()))
 
 # -----------------------------------------------------------------------------
 # 3. proofreading
@@ -473,9 +485,12 @@ def training_speed(model_args):
         step()
     _, seconds = timed(lambda: [step() for _ in range(speed_iters)], device_type)
     return batch_size * block * speed_iters / seconds, seconds / speed_iters, model
-# (label, architecture): AR, full-sequence diffusion and a block model per block size (block models have no time conditioning)
-variants = [('AR', ar_arch), ('diffusion', arch)] + [('block diffusion', dict(arch, diffusion_block=b, time_conditioning=False))
-                                                      for b in blocks]
+
+
+# (label, architecture): AR, full-sequence diffusion and a block model per block size (without time
+# conditioning, which the two-stream pass cannot take: one noise level per block, not per row)
+variants = [('AR', ar_arch), ('diffusion', arch)] + [
+    ('block diffusion', dict(arch, diffusion_block=b, time_conditioning=False)) for b in blocks]
 speeds = [(label, *training_speed(args)) for label, args in variants]
 section('Training speed', [
     f"Fresh models of the architecture of {models[0][0]} ({arch['n_layer']} layers, {arch['n_head']} heads, "
@@ -487,24 +502,25 @@ section('Training speed', [
     "the text tokens of a batch; `vs AR` is tokens/s relative to AR."],
     ['model', 'diffusion block', 'objective', 'parameters', 'ms/iteration', 'tokens/s', 'vs AR'],
     [[label, block_label(model), 'next token' if model.config.model_type == 'gpt2' else 'elbo',
-      f"{model.get_num_params():,}", fmt(seconds * 1000, 1), f"{tokens_per_s:,.0f}", fmt(tokens_per_s / speeds[0][1], 2)]
+      f"{model.get_num_params():,}", fmt(seconds * 1000, 1), f"{tokens_per_s:,.0f}",
+      fmt(tokens_per_s / speeds[0][1], 2)]
      for label, tokens_per_s, seconds, model in speeds])
 
 print("generation speed...", flush=True)
 twin = GPT(GPTConfig(**ar_arch)).to(device).eval() # speed does not depend on the weights
-by_name['AR'] = twin
 with ctx:
     twin.generate(first, 2) # warm-up
-# (generator, sampler, steps, temperature, note) of each timed generator: AR, and every diffusion
-# model at the settings of its best row at matched diversity (the first of its rows in that table)
-timed_rows = [('AR', sampler, '-', ar_matched['temperature'], '') for sampler in ('no KV cache', 'autoregressive')] + [
-    (r['name'], r['sampler'], r['steps'], r['temperature'], '' if r['matched'] else ' (not matched)')
+# (generator, model, sampler, steps, temperature, note) of each timed generator: AR, and every
+# diffusion model at the settings of its best row at matched diversity (its first row in that table)
+timed_rows = [(label, twin, sampler, '-', ar_matched['temperature'], '')
+              for label, sampler in (('AR', 'no KV cache'), ('AR + KV cache', 'autoregressive'))] + [
+    (r['name'], r['model'], r['sampler'], r['steps'], r['temperature'], '' if r['matched'] else ' (not matched)')
     for r in [next(r for r in matched if r['name'] == name) for name, _, _ in models]]
 generation = [] # per row: [tokens/s, forward passes] at batch 1, then at batch num_samples
-for name, sampler, steps, temp, _ in timed_rows:
+for _, model, sampler, steps, temp, _ in timed_rows:
     generation.append([])
     for batch in (1, num_samples):
-        _, passes, seconds = sample(by_name[name], sampler, steps, temp, batch)
+        _, passes, seconds = sample(model, sampler, steps, temp, batch)
         generation[-1] += [batch * (L - 1) / seconds, passes]
 ar_kv = generation[1]
 section('Generation speed', [
@@ -517,10 +533,11 @@ section('Generation speed', [
     "samplers stop when every sample of the batch is done."],
     ['generator', 'diffusion block', 'sampler', 'steps', 'temperature', 'forward passes', 'tokens/s batch 1',
      f'tokens/s batch {num_samples}', 'vs AR + KV cache batch 1', f'vs AR + KV cache batch {num_samples}'],
-    [['AR + KV cache' if sampler == 'autoregressive' else name, block_label(by_name[name]), sampler + note,
-      steps_label(name, sampler, steps), fmt(temp), f"{passes_1} / {passes_b}", f"{speed_1:,.0f}", f"{speed_b:,.0f}",
-      fmt(speed_1 / ar_kv[0], 2), fmt(speed_b / ar_kv[2], 2)]
-     for (name, sampler, steps, temp, note), (speed_1, passes_1, speed_b, passes_b) in zip(timed_rows, generation)])
+    [[label, block_label(model), sampler + note, steps_label(model, sampler, steps), fmt(temp),
+      f"{passes_1} / {passes_b}", f"{speed_1:,.0f}", f"{speed_b:,.0f}", fmt(speed_1 / ar_kv[0], 2),
+      fmt(speed_b / ar_kv[2], 2)]
+     for (label, model, sampler, steps, temp, note), (speed_1, passes_1, speed_b, passes_b)
+     in zip(timed_rows, generation)])
 
 # -----------------------------------------------------------------------------
 # plots
@@ -535,17 +552,19 @@ def write_plots():
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
-    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    cycle = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    colours = {name: cycle[i % len(cycle)] for i, (name, _, _) in enumerate(models)}
+    colours[ar_name] = 'k'
     styles = dict(zip(sampler_fns, ('-o', '--s', ':^', '-.D', 'P', 'X')))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.5), layout='constrained')
     for ax, key, label in zip(axes, ('nll', 'entropy', 'rep'),
                               ('judge NLL (nats/token)', 'unigram entropy (nats)', f'repeated {repetition_n}-grams')):
-        for i, (name, _, _) in enumerate(models):
+        for name, _, _ in models:
             for sampler in samplers:
                 points = [r for r in fixed if r['name'] == name and r['sampler'] == sampler]
                 ax.plot([r['passes'] for r in points], [r[key] for r in points], styles[sampler],
-                        color=colours[i % len(colours)], label=f"{name} {sampler}")
+                        color=colours[name], label=f"{name} {sampler}")
         for r, style in zip(fixed[:2], ('--', ':')): # val text and AR samples
             ax.axhline(r[key], color='k', linestyle=style, label=f"{r['name']} ({r['sampler']})")
         ax.set_xscale('log', base=2)
@@ -556,26 +575,21 @@ def write_plots():
     fig.savefig(os.path.join(out, 'sample_quality.png'), dpi=100)
 
     fig, ax = plt.subplots(figsize=(9, 1.5 + 0.3 * len(matched)), layout='constrained')
-    ax.barh(range(len(matched)), [r['nll'] for r in matched], hatch=None,
-            color=[colours[[n for n, _, _ in models].index(r['name']) % len(colours)] if r['name'] != ar_name else 'k'
-                   for r in matched], alpha=0.8)
-    for i, r in enumerate(matched):
-        if not r['matched']:
-            ax.text(r['nll'], i, ' not matched', va='center', fontsize=8)
-    ax.set_yticks(range(len(matched)), [f"{r['name']} {r['sampler']} {steps_label(r['name'], r['sampler'], r['steps'])}"
-                                        for r in matched], fontsize=8)
+    for i, r in enumerate(matched): # the table's order, best first; a cross where the band was missed
+        ax.plot(r['nll'], i, 'o' if r['matched'] else 'x', color=colours[r['name']])
+    ax.set_yticks(range(len(matched)), [f"{r['name']} {r['sampler']} {describe(r)[3]}" for r in matched], fontsize=8)
     ax.invert_yaxis()
     ax.axvline(val_row['nll'], color='k', linestyle='--', label='val text')
-    ax.set_xlabel('judge NLL (nats/token) at matched unigram entropy')
+    ax.set_xlabel('judge NLL (nats/token) at the unigram entropy of real text (x: not matched)')
     ax.legend(fontsize=8)
     fig.savefig(os.path.join(out, 'matched_diversity.png'), dpi=100)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout='constrained')
     rates = [r * 100 for r in proofread_rates]
-    for i, (name, _, _) in enumerate(models):
+    for name, _, _ in models:
         rows = [r for r in proofreading if r['name'] == name]
-        axes[0].plot(rates, [r['prf'][2] for r in rows], '-o', color=colours[i % len(colours)], label=name)
-        axes[1].plot(rates, [r['after'] for r in rows], '-o', color=colours[i % len(colours)], label=f"{name}: after proofread")
+        axes[0].plot(rates, [r['prf'][2] for r in rows], '-o', color=colours[name], label=name)
+        axes[1].plot(rates, [r['after'] for r in rows], '-o', color=colours[name], label=f"{name}: after proofread")
     axes[1].plot(rates, [r['before'] for r in proofreading[:len(proofread_rates)]], 'k--', label='before')
     for ax, label in zip(axes, ('[WRONG] detection F1', 'token error rate')):
         ax.set_xlabel('substituted tokens (%)')

@@ -1,5 +1,6 @@
-"""bench.py end to end on tiny random-init checkpoints (saved in train.py's format) and
-the tiny char dataset of conftest.py, with tiny settings."""
+"""bench.py end to end on tiny checkpoints (random-init ones saved in train.py's format, and a
+block diffusion model trained by train.py for two iterations) and the tiny char dataset of
+conftest.py, with tiny settings."""
 import os
 import subprocess
 import sys
@@ -31,13 +32,17 @@ def save_tiny(out_dir, dataset, vocab, model_type, loss_type='seed', pos_encodin
 
 
 @pytest.fixture(scope='module')
-def checkpoints(tiny_dataset, tmp_path_factory):
+def checkpoints(tiny_dataset, tmp_path_factory, run_train, tiny_args):
     name, meta = tiny_dataset
     root = tmp_path_factory.mktemp('bench')
+    # a trained block diffusion model (BD3-LM, blocks of 4 tokens): train.py's own checkpoint
+    r = run_train(*tiny_args, '--model_type=diffusion', '--loss_type=elbo', '--diffusion_block=4', '--max_iters=2',
+                  '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2', f"--out_dir={root / 'block'}")
+    assert r.returncode == 0, r.stderr[-3000:]
     return dict(ar=save_tiny(root / 'ar', name, meta['vocab_size'], 'gpt2', pos_encoding='learned'),
                 seed=save_tiny(root / 'seed', name, meta['vocab_size'], 'diffusion', 'seed'),
                 elbo=save_tiny(root / 'elbo', name, meta['vocab_size'], 'diffusion', 'elbo'),
-                root=root)
+                block=str(root / 'block'), root=root)
 
 
 def run_bench(*args):
@@ -46,38 +51,83 @@ def run_bench(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+def table(results, title):
+    """The rows of a markdown table of results.md, as lists of stripped cells, header first."""
+    text = results.split(f'## {title}\n')[1].split('\n## ')[0]
+    return [[cell.strip() for cell in line.strip('|').split('|')] for line in text.splitlines()
+            if line.startswith('| ')]
+
+
+SAMPLERS = ('refine', 'confidence', 'confidence+wrong', 'ancestral', 'threshold', 'entropy')
+
+
 def test_bench_end_to_end(checkpoints):
     out = checkpoints['root'] / 'results'
-    r = run_bench(f"--ar_dir={checkpoints['ar']}", f"--diffusion_dirs={checkpoints['seed']},{checkpoints['elbo']}",
-                  f'--out={out}', '--num_samples=2', '--sample_length=12', '--step_counts=2,4', '--eval_batches=1',
+    r = run_bench(f"--ar_dir={checkpoints['ar']}", f"--diffusion_dirs={checkpoints['seed']},{checkpoints['elbo']},"
+                  f"{checkpoints['block']}", f'--out={out}', '--num_samples=2', '--sample_length=12', '--step_counts=2,4',
+                  f"--samplers={','.join(SAMPLERS)}", '--match_step_counts=4', '--match_tries=3', '--eval_batches=1',
                   '--batch_size=2', '--proofread_rates=0.1,0.25', '--proofread_steps=2', '--speed_iters=1')
     assert r.returncode == 0, r.stderr
     results = (out / 'results.md').read_text(encoding='utf-8')
-    for header in ('## Models', '## Validation loss', '## Sample quality', '## Proofreading', '## Training speed',
-                   '## Generation speed', '| model | objective | measure | nats/token | bits/token |',
-                   '| model | sampler | steps | forward passes | judge NLL | entropy | repeated 4-grams |',
-                   '| model | objective | substituted | precision | recall | F1 | error rate before | error rate after |',
-                   '| model | objective | parameters | ms/iteration | tokens/s | vs AR |'):
-        assert header in results, header
-    assert '| seed | ELBO bound (not its objective) |' in results and '| elbo | ELBO bound |' in results
-    # one sample-quality row per generator: val text, AR, and every model x sampler x step count
-    quality = results.split('## Sample quality')[1].split('## Proofreading')[0]
-    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in quality.splitlines()
-            if line.startswith('| ') and not line.startswith('| model')]
-    assert [row[:2] for row in rows[:2]] == [['val text', 'reference'], ['ar', 'autoregressive']]
-    for name in ('seed', 'elbo'):
+    assert table(results, 'Validation loss')[0][:6] == ['model', 'diffusion block', 'objective', 'nats/token',
+                                                        'bits/token', 'vs AR']
+    assert [row[:3] for row in table(results, 'Validation loss')[1:]] == [
+        ['ar', '-', 'next token'], ['seed', 'full', 'seed'], ['elbo', 'full', 'elbo'], ['block', '4', 'elbo']]
+
+    # fixed temperature: val text, AR, and every model x sampler x step count (the adaptive samplers
+    # once, capped at the largest count); a block model gets its steps per block
+    quality = table(results, 'Sample quality at a fixed temperature')
+    assert quality[0] == ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'judge NLL', 'entropy',
+                          'repeated 4-grams']
+    assert [row[:3] for row in quality[1:3]] == [['val text', '-', 'reference'], ['ar', '-', 'autoregressive']]
+    for name in ('seed', 'elbo', 'block'):
         steps = {}
-        for model, sampler, step, passes, nll, entropy, rep in rows[2:]:
+        for model, block, sampler, step, passes, nll, entropy, rep in quality[3:]:
             if model == name:
                 steps.setdefault(sampler, []).append(step)
-                assert 0 < float(nll) < 10 and 0 <= float(rep) <= 1
-        assert {'refine', 'confidence', 'confidence+wrong'} <= set(steps)
-        assert all(v == ['2', '4'] for v in steps.values())
+                assert 0 < float(nll) < 10 and 0 <= float(rep) <= 1 and int(passes) >= 1
+        if name == 'block': # 2 or 4 passes over 11 tokens: one per block of 4
+            assert steps == {**{s: ['2 (1/block)', '4 (1/block)'] for s in SAMPLERS[:4]},
+                             'threshold': ['<=4 (1/block)'], 'entropy': ['<=4 (1/block)']}
+        else:
+            assert steps == {**{s: ['2', '4'] for s in SAMPLERS[:4]}, 'threshold': ['<=4'], 'entropy': ['<=4']}
+    assert all(int(row[4]) >= 3 for row in quality[3:] if row[0] == 'block') # 12 tokens: 3 blocks, one by one
+
+    # matched diversity: every generator once, entropy within 5 % of the val text's or marked
+    matched = table(results, 'Sample quality at matched diversity')
+    header = matched[0]
+    assert header == ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge NLL', 'vs AR',
+                      'entropy', 'repeated 4-grams', 'forward passes', 'matched']
+    rows = [dict(zip(header, row)) for row in matched[1:]]
+    assert rows[0]['model'] == 'val text' and rows[0]['matched'] == 'reference'
+    target = float(rows[0]['entropy'])
+    assert sorted((row['model'], row['sampler']) for row in rows[1:]) == sorted(
+        [('ar', 'autoregressive')] + [(m, s) for m in ('seed', 'elbo', 'block') for s in SAMPLERS])
+    for row in rows[1:]:
+        assert row['matched'] in ('yes', 'not matched')
+        assert (abs(float(row['entropy']) - target) <= 0.05 * target) == (row['matched'] == 'yes')
+        assert 0.3 <= float(row['temperature']) <= 2.5 and 1 <= int(row['tries']) <= 3
+    # sorted by judge NLL, the matched rows first
+    order = [(row['matched'] != 'yes', float(row['judge NLL'])) for row in rows[1:]]
+    assert order == sorted(order)
+    ar = next(row for row in rows if row['model'] == 'ar')
+    assert float(ar['vs AR']) == 1.0
+
+    proofreading = table(results, 'Proofreading')
+    assert {row[0] for row in proofreading[1:]} == {'seed', 'elbo', 'block'}
+    training = table(results, 'Training speed')
+    assert training[0] == ['model', 'diffusion block', 'objective', 'parameters', 'ms/iteration', 'tokens/s', 'vs AR']
+    assert [row[:3] for row in training[1:]] == [['AR', '-', 'next token'], ['diffusion', 'full', 'elbo'],
+                                                 ['block diffusion', '4', 'elbo']]
+    generation = table(results, 'Generation speed')
+    assert [row[0] for row in generation[1:]] == ['AR', 'AR + KV cache', 'seed', 'elbo', 'block']
+    assert all(float(row[-1].replace(',', '')) > 0 for row in generation[1:])
+
     assert 'judge NLL' in r.stdout # the tables are printed too
     assert (out / 'samples.txt').is_file()
     try:
         import matplotlib # noqa: F401
-        assert (out / 'sample_quality.png').is_file() and (out / 'proofreading.png').is_file()
+        assert all((out / f).is_file() for f in ('sample_quality.png', 'matched_diversity.png', 'proofreading.png'))
     except ImportError:
         assert 'matplotlib is not installed' in r.stdout
 
@@ -86,6 +136,9 @@ def test_bench_end_to_end(checkpoints):
     (lambda c: [f"--ar_dir={c['seed']}", f"--diffusion_dirs={c['elbo']}"], 'pass it in diffusion_dirs'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['ar']}"], 'pass it in ar_dir'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--sample_length=17'], 'sample_length=17'),
+    (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--samplers=refine,bogus'], "unknown samplers ['bogus']"),
+    (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--match_step_counts=0'], 'must be positive'),
+    (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--min_temperature=3'], 'min_temperature'),
 ])
 def test_bench_user_errors(checkpoints, args, message):
     r = run_bench(*args(checkpoints), f"--out={checkpoints['root'] / 'bad'}")
