@@ -54,6 +54,10 @@ speed_iters = 10 # timed training iterations per model, after 2 untimed ones
 # -----------------------------------------------------------------------------
 configure(globals())
 # -----------------------------------------------------------------------------
+require_range('proofread_temperature', proofread_temperature, low=0)
+require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
+if not out or os.path.isfile(out):
+    raise UserError(f"out={out!r} is {'a file' if out else 'empty'}: give the folder for the results, e.g. --out=out-bench")
 
 
 def parse_list(text, kind, key):
@@ -79,10 +83,6 @@ if temperature <= 0:
 if min(eval_batches, batch_size, num_samples, repetition_n, proofread_steps, speed_iters) < 1:
     raise UserError("eval_batches, batch_size, num_samples, repetition_n, proofread_steps and speed_iters "
                     "must all be at least 1")
-require_range('proofread_temperature', proofread_temperature, low=0)
-require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
-if not out or os.path.isfile(out):
-    raise UserError(f"out={out!r} is {'a file' if out else 'empty'}: give the folder for the results, e.g. --out=out-bench")
 device, device_type, dtype, ctx = setup_device(device, dtype)
 t_start = time.time()
 

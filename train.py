@@ -234,6 +234,8 @@ else:
     if meta_vocab_size is not None and model.config.vocab_size != meta_vocab_size:
         raise UserError(f"{init_from} has a vocabulary of {model.config.vocab_size} tokens but {dataset} has {meta_vocab_size}: train on the same tokenizer")
     if model_type == 'diffusion':
+        if time_conditioning:
+            raise UserError("time_conditioning is not available when starting from an autoregressive model: set --time_conditioning=False")
         model.to_diffusion() # bidirectional attention, embedding grown by [MASK] and [WRONG]
 if block_size < model.config.block_size:
     model.crop_block_size(block_size) # model surgery to a smaller context
