@@ -26,7 +26,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from configurator import UserError, configure
+from configurator import UserError, configure, require_range
 import diffusion
 from loading import get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint, setup_device, timed
 from metrics import char_error_rate, detection_prf, judge_nll, repetition, substitute_tokens, unigram_entropy
@@ -69,6 +69,10 @@ speed_iters = 10 # timed training iterations per model, after 2 untimed ones
 # -----------------------------------------------------------------------------
 configure(globals())
 # -----------------------------------------------------------------------------
+require_range('proofread_temperature', proofread_temperature, low=0)
+require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
+if not out or os.path.isfile(out):
+    raise UserError(f"out={out!r} is {'a file' if out else 'empty'}: give the folder for the results, e.g. --out=out-bench")
 
 
 def parse_list(text, kind, key):
@@ -120,7 +124,7 @@ t_start = time.time()
 
 def load(out_dir, model_type, key):
     """(model in eval mode, checkpoint); a checkpoint of the wrong kind names the option it belongs in."""
-    checkpoint = load_checkpoint(out_dir, device)
+    checkpoint = load_checkpoint(out_dir, device, key)
     found = checkpoint['model_args'].get('model_type', 'gpt2')
     if found != model_type:
         raise UserError(f"{key}: {out_dir} holds a '{found}' model, not a '{model_type}' one: "

@@ -15,13 +15,16 @@ wrong type. An int is accepted where a float is expected, true/false spell bools
 key whose default is None takes any value, and values may contain '='.
 
 Every script imports this module first, so it also owns the project's way of
-reporting a user's mistake: raise UserError and the user sees one line, no traceback.
+reporting a user's mistake: raise UserError and the user sees one line, no traceback;
+require, require_choice and require_range are the checks the scripts make of their
+settings, before they touch any data, model or output.
 """
 
 import ast
 import difflib
 import os
 import sys
+import traceback
 
 
 class UserError(Exception):
@@ -40,6 +43,8 @@ def _excepthook(exc_type, exc, tb):
 sys.excepthook = _excepthook
 
 CONFIG_TYPES = (bool, int, float, str, type(None))
+DEFAULTS = {} # {key: default} of the last configure() call: the examples in require_range's messages
+GIVEN = set() # the keys that the last configure() call set (from a config file or the command line)
 
 
 def config_keys(namespace):
@@ -65,6 +70,26 @@ def _check(key, value, namespace, known, source):
     raise UserError(f"config key '{key}' expects {type(default).__name__} (default {default!r}), got {value!r} from {source}")
 
 
+def _run_config_file(path, source):
+    """The assignments of a config file; a file that does not parse or run is one line
+    that names it and the line at fault."""
+    try:
+        code = compile(source, path, 'exec')
+    except SyntaxError as e:
+        raise UserError(f"config file {path}, line {e.lineno}: {e.msg}: a config file holds Python "
+                        "assignments such as batch_size = 32") from None
+    values = {}
+    try:
+        exec(code, {}, values)
+    except Exception as e:
+        # the innermost line of this file (a config may exec() another one)
+        lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
+        detail = str(e).splitlines()[0] if str(e) else ''
+        raise UserError(f"config file {path}, line {lines[-1] if lines else '?'}: {type(e).__name__}"
+                        f"{': ' + detail if detail else ''}") from None
+    return values
+
+
 def _parse_value(text, default):
     if isinstance(default, bool) and text.lower() in ('true', 'false'):
         return text.lower() == 'true'
@@ -81,6 +106,9 @@ def configure(namespace, argv=None):
     namespace (a script's globals()). Returns {key: value} of all config keys."""
     argv = sys.argv[1:] if argv is None else argv
     known = config_keys(namespace)
+    DEFAULTS.clear()
+    DEFAULTS.update({k: namespace[k] for k in known})
+    GIVEN.clear()
     for arg in argv:
         if not arg.startswith('--'):
             if '=' in arg:
@@ -91,16 +119,64 @@ def configure(namespace, argv=None):
             with open(arg) as f:
                 source = f.read()
             print(source)
-            values = {}
-            exec(compile(source, arg, 'exec'), {}, values)
-            for key, value in values.items():
+            for key, value in _run_config_file(arg, source).items():
                 if not key.startswith('_') and isinstance(value, CONFIG_TYPES):
                     namespace[key] = _check(key, value, namespace, known, arg)
+                    GIVEN.add(key)
         else:
             if '=' not in arg:
                 raise UserError(f"option '{arg}' needs a value: write {arg}=VALUE")
             key, text = arg[2:].split('=', 1)
             value = _parse_value(text, namespace.get(key))
             namespace[key] = _check(key, value, namespace, known, f"--{key}")
+            GIVEN.add(key)
             print(f"Overriding: {key} = {namespace[key]!r}")
     return {k: namespace[k] for k in known}
+
+
+# ----------------------------------------------------------------------------
+# checks of settings, each a one-line UserError that says what to type instead
+
+def require(ok, message):
+    """Stop with message (one line) unless ok."""
+    if not ok:
+        raise UserError(message)
+
+
+def _either(values):
+    values = [repr(v) for v in values]
+    return values[0] if len(values) == 1 else ', '.join(values[:-1]) + ' or ' + values[-1]
+
+
+def require_choice(key, value, choices):
+    """value must be one of choices; the closest one is suggested."""
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    hint = f": did you mean --{key}={close[0]}?" if close else ''
+    raise UserError(f"{key} must be {_either(choices)}, not {value!r}{hint}")
+
+
+def require_range(key, value, low=None, high=None, low_open=False, high_open=False, integer=False):
+    """low <= value <= high (< where low_open/high_open; None: no bound); integer also
+    refuses a float. The message names the range and, as an example, the default."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (not integer or isinstance(value, int))
+    ok = ok and (low is None or (low < value if low_open else low <= value))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if ok:
+        return
+    if low is not None and high is not None:
+        bounds = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f"{'>' if low_open else '>='} {low}"
+    else:
+        bounds = f"{'<' if high_open else '<='} {high}"
+    default = DEFAULTS.get(key)
+    example = ''
+    if default is not None and default != value:
+        try:
+            require_range(key, default, low, high, low_open, high_open, integer)
+            example = f": e.g. --{key}={default} (the default)"
+        except UserError:
+            pass
+    raise UserError(f"{key} must be {'an integer ' if integer else ''}{bounds}, not {value!r}{example}")

@@ -18,12 +18,14 @@ Masks are shown as \u2591, flagged tokens as \u2717.
 
 import html
 import json
+import os
 import re
 import sys
 
 import torch
 
-from configurator import UserError, configure
+import configurator
+from configurator import UserError, configure, require_choice, require_range
 import diffusion
 from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, read_text, setup_device, timed
 
@@ -71,6 +73,10 @@ def parse_template(text, encode, mask_id):
 
 
 # the options, checked before the (slow) model loading
+for key in ('template', 'proofread'):
+    if key in configurator.GIVEN and not globals()[key]:
+        raise UserError(f"--{key} is empty: give the text{' with [MASK] placeholders' if key == 'template' else ''}, "
+                        f"or FILE:path, or leave --{key} out")
 if sum(bool(v) for v in (start, template, proofread)) > 1:
     raise UserError("set only one of --start (a prefix), --template (placeholders anywhere) and --proofread")
 if (template or proofread) and length is not None:
@@ -86,18 +92,31 @@ if order not in ('confidence', 'random'):
 if sampler == 'refine' and (remask != 'none' or order != 'confidence') and not proofread:
     raise UserError(f"--{'remask' if remask != 'none' else 'order'} works with the confidence sampler: add --sampler=confidence "
                     "(refine always rewrites the tokens it flags as [WRONG])")
+require_choice('commit', commit, ('schedule', 'threshold', 'entropy'))
+if sampler == 'refine' and commit != 'schedule' and not proofread:
+    raise UserError("--commit works with the confidence sampler: add --sampler=confidence (refine decides per token "
+                    "what to write)")
+require_range('threshold', threshold, low=0, high=1, low_open=True)
+require_range('entropy_budget', entropy_budget, low=0, low_open=True)
+require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
 if steps < 1 or max_steps < 0 or num_samples < 1:
     raise UserError("steps and num_samples must be at least 1 and max_steps at least 0")
 if temperature < 0:
     raise UserError(f"temperature must be >= 0 (0 = greedy), not {temperature}")
-if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
     raise UserError(f"top_k must be a positive integer or None, not {top_k!r}")
-if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1):
     raise UserError(f"top_p must be a number in (0, 1] or None, not {top_p!r}")
-if length is not None and (not isinstance(length, int) or length < 1):
+if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
     raise UserError(f"length must be a positive integer or None, not {length!r}")
 if trajectory and not trajectory.endswith('.html'):
     raise UserError(f"--trajectory writes an HTML page: give it a path ending in .html, not {trajectory!r}")
+for key in ('trajectory', 'output'): # written at the end: a path that cannot be written would waste the run
+    path = globals()[key]
+    folder = os.path.dirname(path)
+    if path and (os.path.isdir(path) or (folder and not os.path.isdir(folder))):
+        why = 'it is a folder' if os.path.isdir(path) else f'the folder {folder} does not exist'
+        raise UserError(f"--{key}={path} cannot be written ({why}): give a file in an existing folder")
 
 device, device_type, dtype, ctx = setup_device(device, dtype)
 

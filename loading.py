@@ -7,6 +7,7 @@ Every failure a user can cause is a UserError: one line that says what to do.
 
 import json
 import os
+import re
 import time
 from contextlib import nullcontext
 
@@ -26,14 +27,34 @@ MASK_GLYPH, WRONG_GLYPH = '\u2591', '\u2717' # how [MASK] and [WRONG] are shown 
 def setup_device(device, dtype):
     """Resolve 'auto' device (cuda > mps > cpu) and dtype (bfloat16 on CUDA if supported,
     else float16; float32 elsewhere). Returns (device, device_type, dtype name, autocast
-    context: mixed precision on CUDA only, a no-op elsewhere)."""
+    context: mixed precision on CUDA only, a no-op elsewhere). A device or dtype that this
+    machine cannot give is a UserError, before anything is allocated."""
+    if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', device):
+        raise UserError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps', not {device!r}")
+    if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+        raise UserError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', not {dtype!r}")
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     device_type = 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
+    if device_type == 'cuda':
+        if not torch.cuda.is_available():
+            why = 'this PyTorch is built without CUDA' if torch.version.cuda is None else 'no CUDA GPU is visible'
+            raise UserError(f"device={device!r} is not available ({why}): use --device=cpu or --device=auto")
+        index = int(device.split(':')[1]) if ':' in device else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device={device!r} is not available: this machine has {torch.cuda.device_count()} CUDA "
+                            f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device_type == 'mps' and not torch.backends.mps.is_available():
+        raise UserError(f"device='mps' is not available (it needs Apple silicon and a PyTorch built with MPS): "
+                        "use --device=cpu or --device=auto")
     if dtype == 'auto':
         dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        raise UserError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', not {dtype!r}")
+    if dtype != 'float32' and device_type != 'cuda':
+        raise UserError(f"dtype={dtype!r} has no effect on {device_type}: mixed precision runs on CUDA only, "
+                        "so use --dtype=float32 (or auto)")
+    if dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
+        raise UserError(f"dtype='bfloat16' is not supported by this GPU ({torch.cuda.get_device_name(device)}): "
+                        "use --dtype=float16 (or auto)")
     torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
     torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
@@ -56,12 +77,17 @@ def timed(fn, device_type):
 # ----------------------------------------------------------------------------
 # data
 
-def load_split(dataset, split):
-    """The uint16 token file of a prepared dataset, memory-mapped."""
+def split_path(dataset, split):
+    """The path of the uint16 token file of a prepared dataset; a UserError if it is missing."""
     path = os.path.join(DATA_DIR, dataset, f'{split}.bin')
     if not os.path.isfile(path):
         raise UserError(f"no {split} data at {path}: run python data/{dataset}/prepare.py first")
-    return np.memmap(path, dtype=np.uint16, mode='r')
+    return path
+
+
+def load_split(dataset, split):
+    """The uint16 token file of a prepared dataset, memory-mapped."""
+    return np.memmap(split_path(dataset, split), dtype=np.uint16, mode='r')
 
 
 def dataset_vocab_size(dataset):
@@ -110,11 +136,17 @@ def save_checkpoint(checkpoint, out_dir):
         os.close(dir_fd)
 
 
-def load_checkpoint(out_dir, device='cpu'):
-    """Read out_dir/ckpt.pt with weights_only=True: loading never executes code."""
+def checkpoint_path(out_dir, key='out_dir'):
+    """The path of out_dir's checkpoint; a UserError that names the option key if there is none."""
     path = os.path.join(out_dir, CHECKPOINT_NAME)
     if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}: train one with python train.py ... or fix --out_dir")
+        raise UserError(f"no checkpoint at {path}: train one with python train.py ... or fix --{key}")
+    return path
+
+
+def load_checkpoint(out_dir, device='cpu', key='out_dir'):
+    """Read out_dir/ckpt.pt with weights_only=True: loading never executes code."""
+    path = checkpoint_path(out_dir, key)
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:

@@ -49,7 +49,6 @@ class SelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -132,15 +131,45 @@ class GPTConfig:
     diffusion_block: int = 0 # diffusion only: tokens denoised together (block diffusion, BD3-LM); attention is
                              # bidirectional inside a block, causal across blocks; 0 (or >= block_size) = whole sequence
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Raise ValueError, saying what to change, for a configuration no GPT can be built from."""
+        for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        if self.model_type not in ('gpt2', 'diffusion'):
+            raise ValueError(f"model_type must be 'gpt2' or 'diffusion', not {self.model_type!r}")
+        if self.pos_encoding not in ('learned', 'rope'):
+            raise ValueError(f"pos_encoding must be 'learned' or 'rope', not {self.pos_encoding!r}")
+        if self.n_embd % self.n_head:
+            below = self.n_embd - self.n_embd % self.n_head
+            sizes = f"{below} or {below + self.n_head}" if below else f"{self.n_head}"
+            raise ValueError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head} (every head gets "
+                             f"n_embd/n_head channels): use n_embd={sizes}, or an n_head that divides {self.n_embd}")
+        head_size = self.n_embd // self.n_head
+        if self.pos_encoding == 'rope' and head_size % 2:
+            sizes = ' or '.join(str(self.n_head * h) for h in (head_size - 1, head_size + 1) if h > 0)
+            raise ValueError(f"pos_encoding='rope' needs an even head size, but n_embd/n_head = {self.n_embd}/{self.n_head} "
+                             f"= {head_size}: use n_embd={sizes}, or pos_encoding='learned'")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout!r}")
+        if self.model_type == 'diffusion':
+            ids = (self.mask_token_id, self.wrong_token_id)
+            if not all(0 <= i < self.vocab_size for i in ids) or ids[0] == ids[1]:
+                raise ValueError(f"a diffusion model needs two different token ids below vocab_size={self.vocab_size} "
+                                 f"for [MASK] and [WRONG], not mask_token_id={ids[0]}, wrong_token_id={ids[1]}")
+        elif self.time_conditioning:
+            raise ValueError("time_conditioning is for diffusion models: set time_conditioning=False or model_type='diffusion'")
+
 
 class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.vocab_size is not None
-        assert config.block_size is not None
-        assert config.model_type in ('gpt2', 'diffusion'), f"unknown model_type {config.model_type!r}"
-        assert config.pos_encoding in ('learned', 'rope'), f"unknown pos_encoding {config.pos_encoding!r}"
+        config.check() # again: the config may have been changed since it was made
         self.config = config
 
         self.transformer = nn.ModuleDict(dict(

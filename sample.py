@@ -5,10 +5,11 @@ $ python sample.py --init_from=gpt2 --start="What is the answer to life?" --num_
 Diffusion checkpoints are sampled with generate_diffusion.py.
 """
 
+import importlib.util
 
 import torch
 
-from configurator import UserError, configure
+from configurator import UserError, configure, require_range
 from loading import gpt2_tokenizer, load_model, load_tokenizer, read_text, setup_device, timed
 from model import GPT
 
@@ -30,12 +31,15 @@ configure(globals())
 # -----------------------------------------------------------------------------
 if temperature <= 0:
     raise UserError(f"temperature must be > 0, not {temperature}")
-if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
     raise UserError(f"top_k must be a positive integer or None, not {top_k!r}")
 if num_samples < 1 or max_new_tokens < 1:
     raise UserError("num_samples and max_new_tokens must be at least 1")
-if init_from != 'resume' and not init_from.startswith('gpt2'):
-    raise UserError(f"init_from must be 'resume' or a gpt2 variant ('gpt2', 'gpt2-medium', ...), not {init_from!r}")
+require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
+if init_from not in ('resume', 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'):
+    raise UserError(f"init_from must be 'resume' or a GPT-2 model ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'), not {init_from!r}")
+if init_from != 'resume' and importlib.util.find_spec('transformers') is None:
+    raise UserError(f"init_from={init_from!r} loads OpenAI's weights with the transformers package: pip install transformers")
 
 device, device_type, dtype, ctx = setup_device(device, dtype)
 torch.manual_seed(seed)

@@ -8,6 +8,7 @@ model_type='diffusion' trains the bidirectional model to repair corrupted text, 
 loss_type='seed' (the [MASK]/[WRONG] task-weighted recipe) or 'elbo' (masked diffusion).
 """
 
+import importlib.util
 import math
 import os
 import time
@@ -17,9 +18,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import UserError, configure
+from configurator import UserError, configure, require, require_choice, require_range
 import diffusion
-from loading import dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint, save_checkpoint, setup_device
+from loading import (checkpoint_path, dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint,
+                     save_checkpoint, setup_device, split_path)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -89,13 +91,68 @@ seed = 1337
 # -----------------------------------------------------------------------------
 config = configure(globals()) # overrides from command line or config file
 # -----------------------------------------------------------------------------
-if model_type not in ('gpt2', 'diffusion'):
-    raise UserError(f"model_type must be 'gpt2' or 'diffusion', not {model_type!r}")
-if loss_type not in ('seed', 'elbo'):
-    raise UserError(f"loss_type must be 'seed' or 'elbo', not {loss_type!r}")
-if not 0 < target_mask_prob < 1:
-    raise UserError(f"target_mask_prob must be strictly between 0 and 1, not {target_mask_prob}")
+# every setting checked before any data, model or output is touched: a mistake is one line
+GPT2_MODELS = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+for key in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval'):
+    require_range(key, globals()[key], low=1, integer=True)
+for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'masking_warmup_iters', 'proofreading_warmup_iters', 'diffusion_block'):
+    require_range(key, globals()[key], low=0, integer=True)
+for key in ('learning_rate', 'min_lr', 'weight_decay', 'grad_clip', 'penalty_mask_correct', 'weight_unmask_task',
+            'weight_remask_task', 'mask_bias_gain'): # learning_rate=0 keeps the weights: the tests use it
+    require_range(key, globals()[key], low=0)
+require_range('mask_bias_limit', mask_bias_limit, low=0, low_open=True)
+for key in ('beta1', 'beta2', 'guaranteed_correct_factor'):
+    require_range(key, globals()[key], low=0, high=1, high_open=True)
+require_range('reward_correct_unmask', reward_correct_unmask, low=0, high=1)
+require_range('target_mask_prob', target_mask_prob, low=0, high=1, low_open=True, high_open=True)
+require_range('mask_rate_min', mask_rate_min, low=0, high=1)
+require_range('mask_rate_max', mask_rate_max, low=0, high=1)
+require(mask_rate_min < mask_rate_max, f"mask_rate_min={mask_rate_min} must be below mask_rate_max={mask_rate_max}: "
+        "e.g. --mask_rate_min=0.0 --mask_rate_max=1.0 (the defaults)")
+require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
+require_choice('model_type', model_type, ('gpt2', 'diffusion'))
+require_choice('loss_type', loss_type, ('seed', 'elbo'))
+require_choice('noise_schedule', noise_schedule, ('linear', 'cosine'))
+require_choice('loss_weighting', loss_weighting, ('elbo', 'token_mean'))
+require_choice('backend', backend, ('auto', 'nccl', 'gloo'))
+try: # model.py's own checks of the shape asked for (the vocabulary comes from the data, later)
+    GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout,
+              pos_encoding=pos_encoding, model_type=model_type, time_conditioning=time_conditioning,
+              **(dict(vocab_size=2, mask_token_id=0, wrong_token_id=1) if model_type == 'diffusion' else {}))
+except ValueError as e:
+    raise UserError(str(e)) from None
+if diffusion_block and block_size % diffusion_block:
+    divisors = [d for d in range(1, block_size + 1) if block_size % d == 0]
+    closest = min(divisors, key=lambda d: abs(d - diffusion_block))
+    raise UserError(f"diffusion_block={diffusion_block} does not divide block_size={block_size}: use a divisor, "
+                    f"e.g. --diffusion_block={closest} (or 0 for the whole sequence)")
+require(not (time_conditioning and 0 < diffusion_block < block_size),
+        f"time_conditioning does not go with block diffusion (diffusion_block={diffusion_block} < block_size={block_size}): "
+        "set --time_conditioning=False or --diffusion_block=0")
+require(not (model_type == 'diffusion' and time_conditioning and init_from not in ('scratch', 'resume')),
+        "time_conditioning is not available when starting from an autoregressive model: set --time_conditioning=False")
+require(not decay_lr or lr_decay_iters > warmup_iters,
+        f"lr_decay_iters={lr_decay_iters} must be greater than warmup_iters={warmup_iters} when decay_lr=True: "
+        f"e.g. --lr_decay_iters={max(max_iters, warmup_iters + 1)} (about max_iters), or --decay_lr=False")
 device, device_type, dtype, ctx = setup_device(device, dtype)
+require(backend != 'nccl' or device_type == 'cuda', f"backend='nccl' needs CUDA GPUs, and the device is {device_type}: use --backend=gloo or auto")
+require(out_dir != '' and not os.path.isfile(out_dir), f"out_dir={out_dir!r} is {'a file' if out_dir else 'empty'}: "
+        "give the folder for checkpoints, e.g. --out_dir=out")
+if init_from == 'resume':
+    checkpoint_path(out_dir) # there is one to resume from
+elif init_from.startswith('gpt2'):
+    require(init_from in GPT2_MODELS, f"init_from={init_from!r} is not a GPT-2 model: use {', '.join(GPT2_MODELS)}"
+            + (f"; for the folder, write --init_from=./{init_from}" if os.path.isdir(init_from) else ''))
+    require(importlib.util.find_spec('transformers') is not None,
+            f"init_from={init_from!r} loads OpenAI's weights with the transformers package: pip install transformers")
+elif init_from != 'scratch':
+    require(os.path.isdir(init_from), f"init_from must be 'scratch', 'resume', a GPT-2 model ({', '.join(GPT2_MODELS)}) "
+            f"or a folder with an autoregressive checkpoint of this project, not {init_from!r}")
+    checkpoint_path(init_from, 'init_from')
+require(not wandb_log or importlib.util.find_spec('wandb') is not None,
+        "wandb_log=True needs the wandb package: pip install wandb, or set --wandb_log=False")
+for split in ('train', 'val'):
+    split_path(dataset, split) # the data is there (it is read later)
 
 # various inits, derived attributes, I/O setup
 ddp = int(os.environ.get('RANK', -1)) != -1 # is this a ddp run?
@@ -170,7 +227,7 @@ else:
         model = GPT.from_pretrained(init_from, dict(dropout=dropout))
     else:
         print(f"Initializing from the autoregressive checkpoint in {init_from}")
-        source = load_checkpoint(init_from)
+        source = load_checkpoint(init_from, key='init_from')
         if source['model_args']['model_type'] != 'gpt2':
             raise UserError(f"{init_from} holds a '{source['model_args']['model_type']}' model; init_from a directory needs an autoregressive one (to continue a run use init_from='resume')")
         source['model_args']['dropout'] = dropout

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from configurator import UserError, config_keys, configure
+import configurator
+from configurator import UserError, config_keys, configure, require_choice, require_range
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,6 +161,43 @@ def test_config_file_mistakes(tmp_path):
     wrong.write_text("n_layer = '12'\n")
     with pytest.raises(UserError, match="n_layer.*expects int"):
         configure(defaults(), [str(wrong)])
+
+
+def test_config_file_that_does_not_parse_or_run(tmp_path):
+    """One line that names the file and the line at fault, not a SyntaxError traceback."""
+    broken = tmp_path / 'broken.py'
+    broken.write_text("n_layer = 2\nbatch_size = \n")
+    with pytest.raises(UserError, match=r"broken\.py, line 2: invalid syntax"):
+        configure(defaults(), [str(broken)])
+    failing = tmp_path / 'failing.py'
+    failing.write_text("n_layer = 2\nn_head = 12 // 0\n")
+    with pytest.raises(UserError, match=r"failing\.py, line 2: ZeroDivisionError"):
+        configure(defaults(), [str(failing)])
+    outer = tmp_path / 'outer.py' # a config that exec()s a broken one: the line of the outer file
+    outer.write_text(f"dropout = 0.1\nexec(open({str(broken)!r}).read())\n")
+    with pytest.raises(UserError, match=r"outer\.py, line 2: SyntaxError"):
+        configure(defaults(), [str(outer)])
+
+
+def test_given_keys_and_defaults(tmp_path):
+    cfg = tmp_path / 'c.py'
+    cfg.write_text("n_layer = 4\n")
+    configure(defaults(), [str(cfg), '--out_dir='])
+    assert configurator.GIVEN == {'n_layer', 'out_dir'}
+    assert configurator.DEFAULTS['batch_size'] == 12
+
+
+@pytest.mark.parametrize('call, message', [
+    (lambda: require_range('batch_size', 0, low=1, integer=True), r"batch_size must be an integer >= 1, not 0: e\.g\. --batch_size=12 \(the default\)"),
+    (lambda: require_range('batch_size', 2.5, low=1, integer=True), "batch_size must be an integer >= 1, not 2.5"),
+    (lambda: require_range('dropout', 1.0, low=0, high=1, high_open=True), r"dropout must be in \[0, 1\), not 1\.0$"),
+    (lambda: require_range('rate', float('nan'), low=0, low_open=True), "rate must be > 0, not nan"),
+    (lambda: require_choice('dtype', 'float61', ('float32', 'float16')), "dtype must be 'float32' or 'float16', not 'float61': did you mean --dtype=float16"),
+])
+def test_require_messages(call, message):
+    configure(defaults(), [])
+    with pytest.raises(UserError, match=message):
+        call()
 
 
 def test_missing_config_file(tmp_path):

@@ -97,10 +97,31 @@ def test_weight_tying():
 
 
 def test_unknown_model_type_or_pos_encoding():
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="model_type must be 'gpt2' or 'diffusion'"):
         tiny('bert')
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="pos_encoding must be 'learned' or 'rope'"):
         tiny('gpt2', 'alibi')
+
+
+@pytest.mark.parametrize('kw, message', [
+    (dict(n_head=3), 'n_embd=32 is not a multiple of n_head=3.*use n_embd=30 or 33'),
+    (dict(n_embd=30, n_head=2, pos_encoding='rope'), 'needs an even head size.*use n_embd=28 or 32'),
+    (dict(n_layer=0), 'n_layer must be an integer >= 1, not 0'),
+    (dict(block_size=None), 'block_size must be an integer >= 1, not None'),
+    (dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
+    (dict(time_conditioning=True), 'time_conditioning is for diffusion models'),
+    (dict(model_type='diffusion'), 'two different token ids below vocab_size'),
+])
+def test_impossible_configs_are_refused_with_what_to_change(kw, message):
+    """A user of GPT from Python gets the same clear ValueError that train.py turns into one line."""
+    base = dict(block_size=16, vocab_size=V, n_layer=2, n_head=2, n_embd=32)
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{**base, **kw})
+    config = GPTConfig(**base)
+    for key, value in kw.items():
+        setattr(config, key, value) # changed after it was made: GPT checks it again
+    with pytest.raises(ValueError, match=message):
+        GPT(config)
 
 
 # ----------------------------------------------------------------------------

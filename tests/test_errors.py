@@ -1,0 +1,154 @@
+"""Every configuration mistake gets one line: each case runs a script in a subprocess with
+one bad setting and checks exit code 2, no traceback, a single `error: ...` line that
+says what was wrong, and that train.py wrote nothing: its out_dir is not even created,
+and an existing checkpoint stays byte-identical."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import loading
+from conftest import ROOT, _env
+from configurator import UserError
+from model import GPT, GPTConfig
+
+pytestmark = pytest.mark.slow
+
+NO_CUDA = not torch.cuda.is_available()
+NO_MPS = not torch.backends.mps.is_available()
+
+# (script, arguments, a distinctive part of the error line). In the arguments, {ar} and {diff}
+# are checkpoint folders, {tmp} a scratch folder, {file} an existing plain file, {empty} an
+# empty text file and {latin1} a text file that is not UTF-8. train.py also gets tiny_args
+# (CPU, tiny model, tiny dataset) and an out_dir that must still not exist afterwards.
+CASES = [
+    # train.py: config files
+    ('train.py', ['{tmp}/syntax.py'], 'syntax.py, line 2: invalid syntax'),
+    # train.py: sizes, counts, rates and probabilities
+    ('train.py', ['--batch_size=0'], 'batch_size must be an integer >= 1, not 0: e.g. --batch_size=12 (the default)'),
+    ('train.py', ['--learning_rate=-0.001'], 'learning_rate must be >= 0, not -0.001'),
+    ('train.py', ['--warmup_iters=100', '--lr_decay_iters=50'], 'lr_decay_iters=50 must be greater than warmup_iters=100'),
+    ('train.py', ['--mask_rate_min=0.6', '--mask_rate_max=0.4'], 'mask_rate_min=0.6 must be below mask_rate_max=0.4'),
+    # train.py: model shapes (model.py's checks)
+    ('train.py', ['--n_embd=100', '--n_head=3'], 'n_embd=100 is not a multiple of n_head=3'),
+    ('train.py', ['--pos_encoding=rope', '--n_embd=30'], "pos_encoding='rope' needs an even head size"),
+    ('train.py', ['--dropout=1.0'], 'dropout must be in [0, 1), not 1.0'),
+    ('train.py', ['--model_type=diffusion', '--diffusion_block=5'], 'diffusion_block=5 does not divide block_size=32'),
+    ('train.py', ['--model_type=diffusion', '--diffusion_block=8', '--time_conditioning=True'],
+     'time_conditioning does not go with block diffusion'),
+    # train.py: named options
+    ('train.py', ['--loss_type=ebo'], "loss_type must be 'seed' or 'elbo', not 'ebo': did you mean --loss_type=elbo?"),
+    ('train.py', ['--loss_weighting=mean'], "loss_weighting must be 'elbo' or 'token_mean'"),
+    ('train.py', ['--init_from=gpt3'], "init_from must be 'scratch', 'resume', a GPT-2 model"),
+    # train.py: this machine, and the files it needs
+    pytest.param('train.py', ['--device=cuda'], "device='cuda' is not available",
+                 marks=pytest.mark.skipif(not NO_CUDA, reason='this machine has CUDA')),
+    ('train.py', ['--dtype=float16'], "dtype='float16' has no effect on cpu"),
+    ('train.py', ['--out_dir={file}'], 'is a file: give the folder for checkpoints'),
+    # sample.py
+    ('sample.py', ['--out_dir={ar}', '--init_from=gpt2-small'], "init_from must be 'resume' or a GPT-2 model"),
+    ('sample.py', ['--out_dir={ar}', '--top_k=0'], 'top_k must be a positive integer or None, not 0'),
+    pytest.param('sample.py', ['--out_dir={ar}', '--device=mps'], "device='mps' is not available",
+                 marks=pytest.mark.skipif(not NO_MPS, reason='this machine has MPS')),
+    # generate_diffusion.py
+    ('generate_diffusion.py', ['--out_dir={diff}', '--proofread='], '--proofread is empty'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--commit=greedy'], "commit must be 'schedule', 'threshold' or 'entropy'"),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--commit=threshold'], '--commit works with the confidence sampler'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=confidence', '--commit=threshold', '--threshold=0'],
+     'threshold must be in (0, 1], not 0.0'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--entropy_budget=0'], 'entropy_budget must be > 0'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--start=the king', '--length=8'], 'length 8 leaves nothing to write'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--output={tmp}/no/such/folder/s.txt'], 'folder {tmp}/no/such/folder does not exist'),
+    # bench.py
+    ('bench.py', ['--ar_dir={ar}', '--diffusion_dirs={diff}', '--proofread_temperature=-1'], 'proofread_temperature must be >= 0'),
+    ('bench.py', ['--ar_dir={ar}', '--diffusion_dirs={diff}', '--out={file}'], 'is a file: give the folder for the results'),
+    # data preparation
+    ('data/shakespeare_char/prepare.py', ['--out_dir={tmp}/data', '--bogus=1'], 'unrecognized arguments: --bogus=1'),
+    ('data/shakespeare_char/prepare.py', ['--out_dir={tmp}/data', '--input={empty}'], 'empty.txt is empty'),
+    ('data/shakespeare_char/prepare.py', ['--out_dir={tmp}/data', '--input={latin1}'], 'is not UTF-8 text'),
+    ('data/shakespeare_char/prepare.py', ['--out_dir={file}'], 'is a file: give a folder for the data set'),
+    ('data/shakespeare/prepare.py', ['--out_dir={tmp}/data', '--input={tmp}'], 'is a folder: give the text file itself'),
+    ('data/openwebtext/prepare.py', ['--num_proc=4'], 'takes no options'),
+]
+
+
+def one_line_error(r):
+    """The error line of a script that stopped for a user's mistake: exit 2, no traceback, one line."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
+    assert 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    return lines[0]
+
+
+def run_script(script, *args):
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope='module')
+def places(tmp_path_factory, tiny_dataset, tiny_args, run_train):
+    """{name: path} of the placeholders in CASES: a checkpoint of a 2-iteration train.py run
+    ({ar}), a tiny diffusion checkpoint in train.py's format ({diff}) and the files."""
+    root = tmp_path_factory.mktemp('errors')
+    ar = root / 'ar'
+    r = run_train(*tiny_args, '--max_iters=2', '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2',
+                  f'--out_dir={ar}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    vocab = tiny_dataset[1]['vocab_size']
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=vocab + 2, model_type='diffusion',
+                          mask_token_id=vocab, wrong_token_id=vocab + 1, pos_encoding='rope'))
+    diff = root / 'diff'
+    loading.save_checkpoint({'model': model.state_dict(), 'model_args': asdict(model.config), 'iter_num': 0,
+                             'config': {'dataset': tiny_dataset[0], 'loss_type': 'elbo'}}, str(diff))
+    (root / 'syntax.py').write_text("n_layer = 2\nbatch_size = \n")
+    (root / 'plain.txt').write_text("not a folder\n")
+    (root / 'empty.txt').write_text("")
+    (root / 'latin1.txt').write_bytes("Sc\u00e8ne premi\u00e8re\n".encode('latin-1'))
+    return dict(ar=ar, diff=diff, tmp=root, file=root / 'plain.txt', empty=root / 'empty.txt', latin1=root / 'latin1.txt')
+
+
+@pytest.mark.parametrize('script, args, message', CASES)
+def test_one_line_error(places, tiny_args, script, args, message):
+    args = [a.format(**places) for a in args]
+    never = places['tmp'] / 'never' # the out_dir of a train.py run that must not start
+    if script == 'train.py':
+        args = [*tiny_args, f'--out_dir={never}', *args] # a later --out_dir wins
+    line = one_line_error(run_script(script, *args))
+    assert message.format(**places) in line
+    assert not never.exists()
+
+
+def test_bad_resume_leaves_the_checkpoint_alone(places, tiny_args, tmp_path):
+    """init_from='resume' with a bad setting stops before it loads, let alone writes, anything."""
+    out_dir = tmp_path / 'run'
+    shutil.copytree(places['ar'], out_dir)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out_dir.iterdir()}
+    line = one_line_error(run_script('train.py', *tiny_args, '--init_from=resume', f'--out_dir={out_dir}',
+                                     '--max_iters=4', '--beta2=1.5'))
+    assert 'beta2 must be in [0, 1), not 1.5' in line
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out_dir.iterdir()} == before
+
+
+def test_shipped_configs_pass_the_validation(monkeypatch):
+    """The validation step of train.py accepts every config in config/ (the data need not be there)."""
+    source = (ROOT / 'train.py').read_text()
+    head = source[:source.index('# various inits')] # the defaults, the configuration and its validation
+    monkeypatch.setattr(loading, 'split_path', lambda dataset, split: None)
+    monkeypatch.chdir(ROOT) # configs exec() others by a path relative to the repo root
+    configs = sorted((ROOT / 'config').glob('*.py'))
+    assert configs
+    for cfg in configs:
+        monkeypatch.setattr(sys, 'argv', ['train.py', str(cfg.relative_to(ROOT)), '--device=cpu', '--dtype=auto'])
+        try:
+            exec(compile(head, 'train.py', 'exec'), {'__name__': '__validate__'})
+        except UserError as e:
+            # the GPT-2 configs need transformers, and train_gpt2.py logs to wandb: optional packages
+            missing = [p for p in ('transformers', 'wandb') if p in str(e) and importlib.util.find_spec(p) is None]
+            assert missing, (cfg.name, str(e))
