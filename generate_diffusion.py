@@ -96,6 +96,9 @@ require_choice('commit', commit, ('schedule', 'threshold', 'entropy'))
 if sampler == 'refine' and commit != 'schedule' and not proofread:
     raise UserError("--commit works with the confidence sampler: add --sampler=confidence (refine decides per token "
                     "what to write)")
+if commit != 'schedule' and (order != 'confidence' or remask == 'low_confidence'):
+    raise UserError(f"--commit={commit} picks the surest proposals itself: it does not go with "
+                    f"{'--order=random' if order != 'confidence' else '--remask=low_confidence'}; drop one of the two")
 require_range('threshold', threshold, low=0, high=1, low_open=True)
 require_range('entropy_budget', entropy_budget, low=0, low_open=True)
 require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)

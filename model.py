@@ -163,6 +163,17 @@ class GPTConfig:
                                  f"for [MASK] and [WRONG], not mask_token_id={ids[0]}, wrong_token_id={ids[1]}")
         elif self.time_conditioning:
             raise ValueError("time_conditioning is for diffusion models: set time_conditioning=False or model_type='diffusion'")
+        if not isinstance(self.diffusion_block, int) or isinstance(self.diffusion_block, bool) or self.diffusion_block < 0:
+            raise ValueError(f"diffusion_block must be an integer >= 0 (0 = the whole sequence), not {self.diffusion_block!r}")
+        if self.model_type == 'diffusion' and 0 < self.diffusion_block < self.block_size:
+            if self.block_size % self.diffusion_block: # blocks must tile the context: training cuts rows into them
+                divisors = [d for d in range(1, self.block_size + 1) if self.block_size % d == 0]
+                closest = min(divisors, key=lambda d: abs(d - self.diffusion_block))
+                raise ValueError(f"diffusion_block={self.diffusion_block} does not divide block_size={self.block_size}: "
+                                 f"use a divisor, e.g. diffusion_block={closest} (or 0 for the whole sequence)")
+            if self.time_conditioning: # one noise level per row, where a block model has one per block
+                raise ValueError(f"time_conditioning does not go with block diffusion (diffusion_block={self.diffusion_block} "
+                                 f"< block_size={self.block_size}): set time_conditioning=False or diffusion_block=0")
 
 
 class GPT(nn.Module):
@@ -316,6 +327,7 @@ class GPT(nn.Module):
         self.config.mask_token_id, self.config.wrong_token_id = base, base + 1
         self.config.model_type = 'diffusion'
         self.config.diffusion_block = diffusion_block
+        self.config.check()
         for block in self.transformer.h:
             block.attn.causal = False
 

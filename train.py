@@ -118,17 +118,9 @@ require_choice('backend', backend, ('auto', 'nccl', 'gloo'))
 try: # model.py's own checks of the shape asked for (the vocabulary comes from the data, later)
     GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout,
               pos_encoding=pos_encoding, model_type=model_type, time_conditioning=time_conditioning,
-              **(dict(vocab_size=2, mask_token_id=0, wrong_token_id=1) if model_type == 'diffusion' else {}))
+              diffusion_block=diffusion_block if model_type == 'diffusion' else 0, **(dict(vocab_size=2, mask_token_id=0, wrong_token_id=1) if model_type == 'diffusion' else {}))
 except ValueError as e:
     raise UserError(str(e)) from None
-if diffusion_block and block_size % diffusion_block:
-    divisors = [d for d in range(1, block_size + 1) if block_size % d == 0]
-    closest = min(divisors, key=lambda d: abs(d - diffusion_block))
-    raise UserError(f"diffusion_block={diffusion_block} does not divide block_size={block_size}: use a divisor, "
-                    f"e.g. --diffusion_block={closest} (or 0 for the whole sequence)")
-require(not (time_conditioning and 0 < diffusion_block < block_size),
-        f"time_conditioning does not go with block diffusion (diffusion_block={diffusion_block} < block_size={block_size}): "
-        "set --time_conditioning=False or --diffusion_block=0")
 require(not (model_type == 'diffusion' and time_conditioning and init_from not in ('scratch', 'resume')),
         "time_conditioning is not available when starting from an autoregressive model: set --time_conditioning=False")
 require(not decay_lr or lr_decay_iters > warmup_iters,
@@ -235,8 +227,6 @@ else:
     if meta_vocab_size is not None and model.config.vocab_size != meta_vocab_size:
         raise UserError(f"{init_from} has a vocabulary of {model.config.vocab_size} tokens but {dataset} has {meta_vocab_size}: train on the same tokenizer")
     if model_type == 'diffusion':
-        if time_conditioning:
-            raise UserError("time_conditioning is not available when starting from an autoregressive model: set --time_conditioning=False")
         model.to_diffusion(diffusion_block) # bidirectional attention (in blocks), embedding grown by [MASK] and [WRONG]
 if block_size < model.config.block_size:
     model.crop_block_size(block_size) # model surgery to a smaller context
