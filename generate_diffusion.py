@@ -200,8 +200,8 @@ TRAJECTORY_PAGE = """<!DOCTYPE html>
 <style>
 body { font-family: sans-serif; margin: 2em; max-width: 60em; }
 #text { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; border: 1px solid #ccc; padding: 1em; line-height: 1.6; }
+.active { background: #e3ecf7; } .cached { border-bottom: 2px solid #9bd; }
 .fixed { font-weight: bold; } .mask { color: #aaa; } .new { background: #c8f7c5; } .flagged { background: #f7c5c5; }
-.active { outline: 1px solid #58a; } .cached { border-bottom: 2px solid #9bd; }
 </style></head><body>
 <h3>@TITLE@</h3>
 <p><button id="play">play</button> <input id="slider" type="range" min="0" value="0" style="width: 30em">
