@@ -46,7 +46,7 @@ batch_size = 16 # rows per val batch and per timed training iteration
 # sample quality
 num_samples = 16 # samples per generator, drawn as one batch (16 keeps the CPU run sane)
 sample_length = 128 # tokens per sample, the first one given (a val token): at most every diffusion model's block_size
-samplers = 'refine,confidence,ancestral,threshold,entropy' # diffusion samplers, comma-separated (also: confidence+wrong)
+samplers = 'refine,confidence,ancestral,left_to_right,threshold,entropy' # diffusion samplers, comma-separated (also: confidence+wrong)
 step_counts = '8,16,32,64,128' # denoising passes over a whole sample, comma-separated; a block model gets
                                # max(1, round(steps * block / (sample_length - 1))) per block; threshold and
                                # entropy adapt their passes: they run once, capped at the largest count
@@ -96,6 +96,7 @@ sampler_fns = {'refine': (diffusion.refine_sample, {}),
                'confidence': (diffusion.confidence_sample, {}),
                'confidence+wrong': (diffusion.confidence_sample, dict(remask='wrong')),
                'ancestral': (diffusion.confidence_sample, dict(order='random')),
+               'left_to_right': (diffusion.confidence_sample, dict(order='left_to_right')),
                'threshold': (diffusion.confidence_sample, dict(commit='threshold', threshold=threshold)),
                'entropy': (diffusion.confidence_sample, dict(commit='entropy', entropy_budget=entropy_budget))}
 adaptive = ('threshold', 'entropy') # samplers whose step count is only a cap
@@ -345,7 +346,8 @@ section('Sample quality at a fixed temperature', [
     "Samplers (diffusion.py, all through diffusion.generate): `refine` is the seed's loop (steps = max_steps; it "
     "may stop early), `confidence` commits the most confident proposals on a cosine schedule, `confidence+wrong` "
     "also sends tokens the model flags [WRONG] back to [MASK], `ancestral` commits a random choice of proposals on "
-    "the same schedule (MDLM's ancestral order, the model's own distribution), `threshold` commits every proposal "
+    "the same schedule (MDLM's ancestral order, the model's own distribution), `left_to_right` the leftmost masked "
+    "positions (next-token order inside a block), `threshold` commits every proposal "
     f"more probable than {threshold} (Fast-dLLM), `entropy` the surest proposals while their entropies sum to at "
     f"most {entropy_budget} nats (EB-sampler); these two set their own number of passes, the step count (`<=`) is "
     "only their cap. Steps count denoising passes over the whole sample: a block model (diffusion block < "

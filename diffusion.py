@@ -363,7 +363,9 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
     sampling still ranks them. Which proposals: the surest first; order='random' commits
     a random choice on the schedule instead: the ancestral sampler of masked diffusion
     (MDLM), which keeps the model's diversity where committing the surest tokens first
-    drifts toward frequent words. remask:
+    drifts toward frequent words; order='left_to_right' commits the leftmost masked
+    positions (inside a small block: next-token order, each token written with all the
+    clean text before it, which measured best at matched diversity). remask:
       'none'            written tokens stay;
       'wrong'           a written token whose argmax (over all but [MASK]) is [WRONG] goes
                         back to [MASK] (self-correction), at every step but the last;
@@ -375,15 +377,15 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
                         but the last.
     on_step(step, tokens) is called after each pass; context: see denoiser_logits.
     Returns (tokens, forward_passes)."""
-    if order not in ('confidence', 'random'):
-        raise ValueError(f"unknown order {order!r} (use 'confidence' or 'random')")
+    if order not in ('confidence', 'random', 'left_to_right'):
+        raise ValueError(f"unknown order {order!r} (use 'confidence', 'random' or 'left_to_right')")
     if steps < 1:
         raise ValueError(f"confidence_sample needs steps >= 1, got {steps}")
     if remask not in ('none', 'wrong', 'low_confidence'):
         raise ValueError(f"unknown remask {remask!r} (use 'none', 'wrong' or 'low_confidence')")
     if commit not in ('schedule', 'threshold', 'entropy'):
         raise ValueError(f"unknown commit rule {commit!r} (use 'schedule', 'threshold' or 'entropy')")
-    if commit != 'schedule' and (order == 'random' or remask == 'low_confidence'):
+    if commit != 'schedule' and (order != 'confidence' or remask == 'low_confidence'):
         raise ValueError(f"commit={commit!r} picks the proposals itself: it goes with order='confidence' and remask 'none' or 'wrong'")
     mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
     fixed = x != mask_id
@@ -416,6 +418,8 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
                 n_commit = ((-score).sort(-1).values.cumsum(-1) <= entropy_budget).sum(1).clamp(min=1)
             elif order == 'random':
                 score, n_commit = torch.rand(x.shape, generator=generator, device=x.device), n_masked - keep_masked
+            elif order == 'left_to_right':
+                score, n_commit = -torch.arange(x.size(1), device=x.device).expand(x.shape).float(), n_masked - keep_masked
             else:
                 score = token_probs(words, proposal)
                 n_commit = ((score > threshold) & masked).sum(1).clamp(min=1) if commit == 'threshold' else n_masked - keep_masked

@@ -40,7 +40,7 @@ sampler = 'refine' # 'refine' (the seed's loop: best judge NLL at a healthy entr
 steps = 64 # confidence (and proofread): forward passes to write all masked tokens (per block for a block model; a cap for adaptive commits)
 max_steps = 128 # refine: steps before one last pass fills whatever is still masked (per block for a block model)
 schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
-order = 'confidence' # confidence: which proposals to commit, 'confidence' (surest first) or 'random' (MDLM's ancestral order)
+order = 'confidence' # confidence: which proposals to commit, 'confidence' (surest first), 'random' (MDLM's ancestral order) or 'left_to_right' (next-token order inside each block)
 remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
 commit = 'schedule' # confidence sampler: how many proposals each pass commits: 'schedule' (steps passes), 'threshold' (every proposal surer than threshold, at least one) or 'entropy' (lowest-entropy proposals while their summed entropy <= entropy_budget)
 threshold = 0.9 # commit='threshold': confidence above which a proposal is committed
@@ -87,8 +87,8 @@ if schedule not in ('cosine', 'linear'):
     raise UserError(f"schedule must be 'cosine' or 'linear', not {schedule!r}")
 if remask not in ('none', 'wrong', 'low_confidence'):
     raise UserError(f"remask must be 'none', 'wrong' or 'low_confidence', not {remask!r}")
-if order not in ('confidence', 'random'):
-    raise UserError(f"order must be 'confidence' or 'random', not {order!r}")
+if order not in ('confidence', 'random', 'left_to_right'):
+    raise UserError(f"order must be 'confidence', 'random' or 'left_to_right', not {order!r}")
 if sampler == 'refine' and (remask != 'none' or order != 'confidence') and not proofread:
     raise UserError(f"--{'remask' if remask != 'none' else 'order'} works with the confidence sampler: add --sampler=confidence "
                     "(refine always rewrites the tokens it flags as [WRONG])")
@@ -98,7 +98,7 @@ if sampler == 'refine' and commit != 'schedule' and not proofread:
                     "what to write)")
 if commit != 'schedule' and (order != 'confidence' or remask == 'low_confidence'):
     raise UserError(f"--commit={commit} picks the surest proposals itself: it does not go with "
-                    f"{'--order=random' if order != 'confidence' else '--remask=low_confidence'}; drop one of the two")
+                    f"{'--order=' + order if order != 'confidence' else '--remask=low_confidence'}; drop one of the two")
 require_range('threshold', threshold, low=0, high=1, low_open=True)
 require_range('entropy_budget', entropy_budget, low=0, low_open=True)
 require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)

@@ -136,6 +136,7 @@ def count_passes(model):
 SAMPLERS = {
     'confidence': (diffusion.confidence_sample, dict(steps=4)),
     'ancestral': (diffusion.confidence_sample, dict(steps=4, order='random')),
+    'left_to_right': (diffusion.confidence_sample, dict(steps=4, order='left_to_right')),
     'remask_wrong': (diffusion.confidence_sample, dict(steps=4, remask='wrong')),
     'low_confidence': (diffusion.confidence_sample, dict(steps=4, remask='low_confidence')),
     'threshold': (diffusion.confidence_sample, dict(steps=8, commit='threshold', threshold=0.5)),
@@ -189,6 +190,17 @@ def test_threshold_commits_every_sure_proposal_and_at_least_one():
     _, passes = diffusion.confidence_sample(tiny(block=8), x, 20, commit='threshold', threshold=0.99,
                                             generator=torch.Generator().manual_seed(0))
     assert passes == 8
+
+
+def test_left_to_right_commits_the_leftmost_masks():
+    x = torch.full((2, 8), MASK)
+    x[1, 1] = 3 # a fixed token is skipped, not counted
+    seen = []
+    diffusion.confidence_sample(tiny(block=8), x, 4, schedule='linear', order='left_to_right',
+                                generator=torch.Generator().manual_seed(0), on_step=lambda step, tokens: seen.append(tokens != MASK))
+    assert seen[0][0].tolist() == [True, True] + [False] * 6
+    assert seen[0][1].tolist() == [True, True, True] + [False] * 5 # 7 masks: the first 2 written, around the fixed one
+    assert all(row.tolist() == sorted(row.tolist(), reverse=True) for written in seen for row in written) # a prefix
 
 
 def test_entropy_budget_sets_the_commits_per_pass():
