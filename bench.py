@@ -18,6 +18,7 @@ Everything but the timings is the same on every run with the same seed and devic
 """
 
 import functools
+import itertools
 import math
 import os
 import time
@@ -561,7 +562,7 @@ def write_plots():
     cycle = plt.rcParams['axes.prop_cycle'].by_key()['color']
     colours = {name: cycle[i % len(cycle)] for i, (name, _, _) in enumerate(models)}
     colours[ar_name] = 'k'
-    styles = dict(zip(sampler_fns, ('-o', '--s', ':^', '-.D', 'P', 'X')))
+    styles = dict(zip(sampler_fns, itertools.cycle(('-o', '--s', ':^', '-.D', '-P', '--X', ':v'))))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.5), layout='constrained')
     for ax, key, label in zip(axes, ('nll', 'entropy', 'rep'),
