@@ -358,7 +358,7 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
       commit='entropy'    the lowest-entropy proposals while their summed entropy stays within
                           entropy_budget nats, at least one (EB-sampler);
     the adaptive rules stop when nothing is masked, and commit everything left at pass
-    `steps` (their cap). Confidence is the model's probability of the proposed word and
+    `steps` (their cap); they choose by their own score, so `order` is for the schedule. Confidence is the model's probability of the proposed word and
     entropy that of its distribution over words, both at temperature 1, so that greedy
     sampling still ranks them. Which proposals: the surest first; order='random' commits
     a random choice on the schedule instead: the ancestral sampler of masked diffusion
@@ -385,8 +385,8 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
         raise ValueError(f"unknown remask {remask!r} (use 'none', 'wrong' or 'low_confidence')")
     if commit not in ('schedule', 'threshold', 'entropy'):
         raise ValueError(f"unknown commit rule {commit!r} (use 'schedule', 'threshold' or 'entropy')")
-    if commit != 'schedule' and (order != 'confidence' or remask == 'low_confidence'):
-        raise ValueError(f"commit={commit!r} picks the proposals itself: it goes with order='confidence' and remask 'none' or 'wrong'")
+    if commit != 'schedule' and remask == 'low_confidence':
+        raise ValueError(f"commit={commit!r} picks the proposals itself: it goes with remask 'none' or 'wrong'")
     mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
     fixed = x != mask_id
     passes = 0

@@ -36,11 +36,11 @@ template = '' # a whole sequence with [MASK] / [MASK*N] placeholders to fill in,
 proofread = '' # a text to check and correct, or "FILE:path"
 num_samples = 4 # samples drawn in parallel, as one batch
 length = None # tokens per sample, prompt included; None = the model's block_size; longer text slides the context
-sampler = 'refine' # 'refine' (the seed's loop: best judge NLL at a healthy entropy in bench.py) or 'confidence' (commit the surest tokens, a fixed number of steps)
+sampler = 'confidence' # 'confidence' (commit proposals in the order and number below) or 'refine' (the seed's loop: sample every position, rewrite what is flagged [WRONG])
 steps = 64 # confidence (and proofread): forward passes to write all masked tokens (per block for a block model; a cap for adaptive commits)
 max_steps = 128 # refine: steps before one last pass fills whatever is still masked (per block for a block model)
 schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
-order = 'confidence' # confidence: which proposals to commit, 'confidence' (surest first), 'random' (MDLM's ancestral order) or 'left_to_right' (next-token order inside each block)
+order = 'left_to_right' # confidence: which proposals a scheduled pass commits, 'left_to_right' (next-token order inside each block: the best at matched diversity in bench.py), 'confidence' (surest first) or 'random' (MDLM's ancestral order)
 remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
 commit = 'schedule' # confidence sampler: how many proposals each pass commits: 'schedule' (steps passes), 'threshold' (every proposal surer than threshold, at least one) or 'entropy' (lowest-entropy proposals while their summed entropy <= entropy_budget)
 threshold = 0.9 # commit='threshold': confidence above which a proposal is committed
@@ -89,16 +89,14 @@ if remask not in ('none', 'wrong', 'low_confidence'):
     raise UserError(f"remask must be 'none', 'wrong' or 'low_confidence', not {remask!r}")
 if order not in ('confidence', 'random', 'left_to_right'):
     raise UserError(f"order must be 'confidence', 'random' or 'left_to_right', not {order!r}")
-if sampler == 'refine' and (remask != 'none' or order != 'confidence') and not proofread:
-    raise UserError(f"--{'remask' if remask != 'none' else 'order'} works with the confidence sampler: add --sampler=confidence "
-                    "(refine always rewrites the tokens it flags as [WRONG])")
 require_choice('commit', commit, ('schedule', 'threshold', 'entropy'))
-if sampler == 'refine' and commit != 'schedule' and not proofread:
-    raise UserError("--commit works with the confidence sampler: add --sampler=confidence (refine decides per token "
-                    "what to write)")
-if commit != 'schedule' and (order != 'confidence' or remask == 'low_confidence'):
+confidence_only = [key for key in ('remask', 'order', 'commit') if key in configurator.GIVEN]
+if sampler == 'refine' and confidence_only and not proofread:
+    raise UserError(f"--{confidence_only[0]} works with the confidence sampler: add --sampler=confidence "
+                    "(refine samples every position and rewrites the tokens it flags as [WRONG])")
+if commit != 'schedule' and ('order' in configurator.GIVEN or remask == 'low_confidence'):
     raise UserError(f"--commit={commit} picks the surest proposals itself: it does not go with "
-                    f"{'--order=' + order if order != 'confidence' else '--remask=low_confidence'}; drop one of the two")
+                    f"{'--order' if 'order' in configurator.GIVEN else '--remask=low_confidence'}; drop one of the two")
 require_range('threshold', threshold, low=0, high=1, low_open=True)
 require_range('entropy_budget', entropy_budget, low=0, low_open=True)
 require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)

@@ -218,7 +218,7 @@ def test_entropy_budget_sets_the_commits_per_pass():
 
 def test_commit_rules_refuse_conflicting_options():
     with pytest.raises(ValueError, match='goes with'):
-        diffusion.confidence_sample(tiny(), torch.full((1, 8), MASK), 4, commit='threshold', order='random')
+        diffusion.confidence_sample(tiny(), torch.full((1, 8), MASK), 4, commit='threshold', remask='low_confidence')
     with pytest.raises(ValueError, match='unknown commit rule'):
         diffusion.confidence_sample(tiny(), torch.full((1, 8), MASK), 4, commit='sometimes')
 

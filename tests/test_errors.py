@@ -58,12 +58,11 @@ CASES = [
     # generate_diffusion.py
     ('generate_diffusion.py', ['--out_dir={diff}', '--proofread='], '--proofread is empty'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--commit=greedy'], "commit must be 'schedule', 'threshold' or 'entropy'"),
-    ('generate_diffusion.py', ['--out_dir={diff}', '--commit=threshold'], '--commit works with the confidence sampler'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=refine', '--commit=threshold'], '--commit works with the confidence sampler'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=confidence', '--commit=threshold', '--threshold=0'],
      'threshold must be in (0, 1], not 0.0'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--entropy_budget=0'], 'entropy_budget must be > 0'),
-    ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=confidence', '--commit=entropy', '--order=random'],
-     'does not go with --order=random'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--commit=entropy', '--order=random'], 'does not go with --order'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--start=the king', '--length=8'], 'length 8 leaves nothing to write'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--output={tmp}/no/such/folder/s.txt'], 'folder {tmp}/no/such/folder does not exist'),
     # bench.py

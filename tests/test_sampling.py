@@ -314,7 +314,7 @@ def test_generate_proofread(checkpoints, monkeypatch, capsys, tmp_path):
     (['--start=FILE:/nonexistent/prompt.txt'], 'no file at /nonexistent/prompt.txt'),
     (['--proofread=' + 'a' * 40], 'proofread it in parts'),
     (['--sampler=refine', '--remask=wrong'], 'works with the confidence sampler'),
-    (['--order=random'], 'works with the confidence sampler'),
+    (['--sampler=refine', '--order=random'], 'works with the confidence sampler'),
     (['--trajectory=t.txt'], 'ending in .html'),
 ])
 def test_generate_user_errors(checkpoints, monkeypatch, capsys, args, message):
