@@ -8,6 +8,7 @@ import torch
 
 import diffusion
 from model import GPT, GPTConfig, block_causal_mask, two_stream_mask
+from test_sampling import count_passes
 
 V = 10 # base vocabulary
 MASK, WRONG = V, V + 1
@@ -122,15 +123,6 @@ def test_cached_block_sampling_equals_the_uncached_computation():
     x[:, :5] = torch.arange(5) # a prompt that ends inside the first block
     cached, _ = diffusion.generate(model, x, diffusion.confidence_sample, steps=4, temperature=0)
     assert torch.equal(cached, greedy_uncached(model, x, 4))
-
-
-def count_passes(model):
-    forward, model.passes = model.forward, 0
-    def counted(*args, **kwargs):
-        model.passes += 1
-        return forward(*args, **kwargs)
-    model.forward = counted
-    return model
 
 
 SAMPLERS = {
