@@ -4,5 +4,5 @@
 exec(open('config/train_shakespeare_diffusion_elbo_cpu.py').read())
 
 out_dir = 'out-shakespeare-block-cpu'
-diffusion_block = 4 # the best bound of 4, 8 and the full sequence here (README)
+diffusion_block = 4 # the best bound of 4, 8, 16 and the full sequence here (README)
 loss_weighting = 'token_mean'
