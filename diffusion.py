@@ -413,16 +413,21 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
             write = ~fixed & (rank_descending(confidence) < n_written[:, None])
             x = torch.where(fixed, x, torch.where(write, candidate, mask_id))
         else:
+            # which proposals (score, highest first) and how many (n_commit) per row
             if commit == 'entropy':
                 score = -token_entropy(words).masked_fill(~masked, float('inf'))
                 n_commit = ((-score).sort(-1).values.cumsum(-1) <= entropy_budget).sum(1).clamp(min=1)
-            elif order == 'random':
-                score, n_commit = torch.rand(x.shape, generator=generator, device=x.device), n_masked - keep_masked
-            elif order == 'left_to_right':
-                score, n_commit = -torch.arange(x.size(1), device=x.device).expand(x.shape).float(), n_masked - keep_masked
-            else:
+            elif commit == 'threshold':
                 score = token_probs(words, proposal)
-                n_commit = ((score > threshold) & masked).sum(1).clamp(min=1) if commit == 'threshold' else n_masked - keep_masked
+                n_commit = ((score > threshold) & masked).sum(1).clamp(min=1)
+            else:
+                n_commit = n_masked - keep_masked
+                if order == 'random':
+                    score = torch.rand(x.shape, generator=generator, device=x.device)
+                elif order == 'left_to_right':
+                    score = -torch.arange(x.size(1), device=x.device).expand(x.shape).float()
+                else:
+                    score = token_probs(words, proposal)
             if last:
                 n_commit = n_masked
             commit_now = masked & (rank_descending(score.masked_fill(~masked, float('-inf'))) < n_commit[:, None])

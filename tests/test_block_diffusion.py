@@ -163,7 +163,8 @@ def test_prompt_kept_no_specials_any_length(sampler, block, length):
     assert max(e for _, (_, e), _ in steps) == length
 
 
-def test_threshold_commits_every_sure_proposal_and_at_least_one():
+@pytest.mark.parametrize('order', ['confidence', 'random', 'left_to_right']) # the rule picks, whatever the order
+def test_threshold_commits_every_sure_proposal_and_at_least_one(order):
     model = tiny(block=8)
     forward = model.forward
     def sure_of_the_first_three(idx, **kwargs):
@@ -174,12 +175,13 @@ def test_threshold_commits_every_sure_proposal_and_at_least_one():
     model.forward = sure_of_the_first_three
     first = []
     x = torch.full((2, 8), MASK)
-    diffusion.confidence_sample(model, x, 8, commit='threshold', threshold=0.9, generator=torch.Generator().manual_seed(0),
+    diffusion.confidence_sample(model, x, 8, commit='threshold', threshold=0.9, order=order,
+                                generator=torch.Generator().manual_seed(0),
                                 on_step=lambda step, tokens: first.append(tokens.clone()) if step == 1 else None)
     assert torch.equal(first[0][:, :3], torch.full((2, 3), 4)) and (first[0][:, 3:] == MASK).all()
     # nothing sure at all: one token per pass
     x = torch.full((2, 8), MASK)
-    _, passes = diffusion.confidence_sample(tiny(block=8), x, 20, commit='threshold', threshold=0.99,
+    _, passes = diffusion.confidence_sample(tiny(block=8), x, 20, commit='threshold', threshold=0.99, order=order,
                                             generator=torch.Generator().manual_seed(0))
     assert passes == 8
 
