@@ -313,8 +313,9 @@ class GPT(nn.Module):
 
     def to_diffusion(self, diffusion_block=0):
         """Model surgery that turns an autoregressive model into a diffusion model:
-        attention becomes bidirectional (inside blocks of diffusion_block tokens, if > 0) and the (tied) embedding and head grow by two
-        rows, [MASK] and [WRONG], placed right after the existing vocabulary. The new rows
+        attention becomes bidirectional (inside blocks of diffusion_block tokens, if > 0) and
+        the (tied) embedding and head grow by two rows, [MASK] and [WRONG], placed right
+        after the existing vocabulary. The new rows
         start at the mean of the old embeddings plus a little noise: typical-looking
         tokens whose logits start at the average level, not random directions."""
         assert self.config.model_type == 'gpt2', "already a diffusion model"
