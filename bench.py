@@ -57,9 +57,9 @@ temperature = 1.0 # of every generator in the fixed-temperature table, and the f
 repetition_n = 4 # repetition is the fraction of repeated n-grams of this n
 # sample quality at matched diversity
 match_step_counts = '32,128' # step counts (as step_counts) of the matched-diversity search, comma-separated
-match_tolerance = 0.02 # matched: unigram entropy within this fraction of the val text's (2 %: every row at nearly
-                        # one diversity, well inside SPEC's 5 %, since the judge NLL moves fast with temperature)
-min_temperature = 0.3 # the matched search bisects the temperature in [min_temperature, max_temperature]
+match_tolerance = 0.02 # matched: two tries within this fraction of the val text's unigram entropy, one on each
+                        # side; the metrics are interpolated between them at that entropy exactly
+min_temperature = 0.3 # the matched search keeps the temperature in [min_temperature, max_temperature]
 max_temperature = 2.5
 match_tries = 8 # generations per generator in the search, at most
 # proofreading
@@ -314,12 +314,16 @@ def text_metrics(tokens):
                 text=decode(tokens[0].tolist()))
 
 
+generations = [] # every measure() row, in order, for samples.txt
+
+
 @functools.cache # the matched search starts at the fixed temperature: that run is not repeated
 def measure(name, sampler, steps, temp):
     """The metrics of one generator's num_samples samples at temperature temp, as a table row."""
     tokens, passes, seconds = sample(by_name[name], sampler, steps, temp, num_samples)
     row = dict(text_metrics(tokens), name=name, model=by_name[name], sampler=sampler, steps=steps, temperature=temp,
                passes=passes)
+    generations.append(row)
     print(f"{name} {sampler} steps {steps} temperature {temp:.3f}: judge NLL {row['nll']:.3f}, entropy "
           f"{row['entropy']:.3f}, {passes} passes, {seconds:.2f}s", flush=True)
     return row
@@ -366,22 +370,36 @@ target = val_row['entropy'] # real text of the same size: the entropy estimate i
 
 
 def match(name, sampler, steps):
-    """measure() at the temperature that brings the unigram entropy of the samples within
-    match_tolerance of the val text's: a bisection on the temperature in [min_temperature,
-    max_temperature] (entropy rises with it), first trying `temperature`, at most match_tries
-    generations. If none reaches the band, the try closest to it, marked not matched."""
-    low, high = min_temperature, max_temperature
-    temp = temperature if low <= temperature <= high else (low + high) / 2
-    tries = []
-    for _ in range(match_tries):
-        tries.append(measure(name, sampler, steps, temp))
-        gap = tries[-1]['entropy'] - target
-        if abs(gap) <= match_tolerance * target:
+    """The generator's metrics at exactly the val text's unigram entropy. Entropy rises with the
+    temperature: starting at `temperature`, each try steps the temperature by 25 % toward the
+    target until two tries bracket it, then takes the secant between the bracketing pair, until
+    both ends of the bracket lie within match_tolerance of the target (at most match_tries
+    generations, in [min_temperature, max_temperature]). Judge NLL, repetition and temperature are
+    then interpolated linearly in entropy between those two tries, at the target itself: a band
+    alone is not enough, since the NLL moves fast with the entropy (a row at the top of a 2 % band
+    pays ~0.1 nats). Without such a bracket: the try closest to the target, marked not matched."""
+    tries = [measure(name, sampler, steps, min(max(temperature, min_temperature), max_temperature))]
+    in_band = lambda r: abs(r['entropy'] - target) <= match_tolerance * target
+    while True:
+        below = max((r for r in tries if r['entropy'] <= target), key=lambda r: r['entropy'], default=None)
+        above = min((r for r in tries if r['entropy'] > target), key=lambda r: r['entropy'], default=None)
+        bracketed = below is not None and above is not None and in_band(below) and in_band(above)
+        if bracketed or len(tries) == match_tries:
             break
-        low, high = (temp, high) if gap < 0 else (low, temp)
-        temp = (low + high) / 2
-    best = min(tries, key=lambda r: abs(r['entropy'] - target))
-    return dict(best, tries=len(tries), matched=abs(best['entropy'] - target) <= match_tolerance * target)
+        if below is not None and above is not None:
+            share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
+            temp = below['temperature'] + share * (above['temperature'] - below['temperature'])
+        else:
+            temp = min(max(tries[-1]['temperature'] * (1.25 if above is None else 0.8), min_temperature), max_temperature)
+        if any(r['temperature'] == temp for r in tries): # stuck at a temperature limit, or converged
+            break
+        tries.append(measure(name, sampler, steps, temp))
+    closest = min(tries, key=lambda r: abs(r['entropy'] - target))
+    if not bracketed:
+        return dict(closest, tries=len(tries), matched=False)
+    share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
+    at_target = {key: below[key] + share * (above[key] - below[key]) for key in ('nll', 'rep', 'temperature')}
+    return dict(closest, **at_target, entropy=target, tries=len(tries), matched=True)
 
 
 matched = [match(ar_name, 'autoregressive', '-')] + [
@@ -392,13 +410,16 @@ ar_matched = next(r for r in matched if r['name'] == ar_name)
 section('Sample quality at matched diversity', [
     f"The headline comparison. For AR and for every diffusion model x sampler at step counts "
     f"{', '.join(map(str, match_step_counts))} (as in the table above), the temperature is searched so that the "
-    f"unigram entropy of the samples is within {match_tolerance * 100:g} % of that of the `val text` row "
-    f"({target:.3f} nats: real text of the same number of tokens, {num_samples} x {L}, since the estimate depends "
-    f"on the sample size): a bisection on the temperature in [{min_temperature}, {max_temperature}], first trying "
-    f"{temperature}, at most {match_tries} tries (`tries`) of {num_samples} samples each, with the same seed at "
-    "every temperature. A generator whose tries all miss the band shows the closest one, `not matched`, at the "
-    "bottom. Only then is the judge NLL compared: rows sorted by it, `vs AR` = judge NLL / AR's matched judge NLL "
-    f"({ar_matched['nll']:.3f}). The same samples, judge and metrics as above; their first samples are in "
+    f"unigram entropy of the samples equals that of the `val text` row ({target:.3f} nats: real text of the same "
+    f"number of tokens, {num_samples} x {L}, since the estimate depends on the sample size). From temperature "
+    f"{temperature}, the search steps the temperature (in [{min_temperature}, {max_temperature}]) until two tries "
+    f"within {match_tolerance * 100:g} % of the target entropy lie one on each side of it, at most {match_tries} "
+    f"tries (`tries`) of {num_samples} samples each, with the same seed at every temperature; the judge NLL, "
+    "repetition and temperature are interpolated linearly in entropy between those two, at the target exactly "
+    "(a row anywhere in a 2 % band could be ~0.1 nats better or worse: the AR row moved from 2.48 to "
+    "its interpolated value this way). A generator with no such pair shows its try closest to the target, `not "
+    "matched`, at the bottom. Rows sorted by judge NLL, `vs AR` = judge NLL / AR's matched judge NLL "
+    f"({ar_matched['nll']:.3f}). Forward passes: the try closest to the target; every try's first sample is in "
     "samples.txt."],
     ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge NLL', 'vs AR', 'entropy',
      f'repeated {repetition_n}-grams', 'forward passes', 'matched'],
@@ -406,12 +427,11 @@ section('Sample quality at matched diversity', [
       fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']), fmt(r['rep']), r['passes'],
       'reference' if r is val_row else 'yes' if r['matched'] else 'not matched'] for r in [val_row] + matched])
 print(f"matched diversity: {time.time() - t_matched:.0f}s", flush=True)
-# the first sample of every row of both tables, each run once
-runs = {(r['name'], r['sampler'], r['steps'], r['temperature']): r for r in fixed + matched}
-with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f:
-    f.write('\n'.join(f"==== {r['name']} | {r['sampler']} | steps {r['steps']} | temperature {r['temperature']} | "
-                      f"judge NLL {r['nll']:.3f} | entropy {r['entropy']:.3f} ====\n{r['text']}\n"
-                      for r in runs.values()))
+with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f: # the first sample of every generation
+    f.write('\n'.join([f"==== val text | judge NLL {val_row['nll']:.3f} | entropy {val_row['entropy']:.3f} ====\n"
+                       f"{val_row['text']}\n"] + [
+        f"==== {r['name']} | {r['sampler']} | steps {r['steps']} | temperature {r['temperature']:.3f} | judge NLL "
+        f"{r['nll']:.3f} | entropy {r['entropy']:.3f} ====\n{r['text']}\n" for r in generations]))
 
 # -----------------------------------------------------------------------------
 # 3. proofreading

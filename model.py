@@ -128,6 +128,8 @@ class GPTConfig:
     wrong_token_id: int = -1 # diffusion only: id of [WRONG] (= base vocab size + 1)
     mask_logit_bias: float = 0.0 # diffusion only: added to the [MASK] logit; set by the training controller
     time_conditioning: bool = False # diffusion only: add an embedding of the noise level to the input
+    tie_embeddings: bool = True # one matrix for the token embedding and the output head (GPT-2); False: two
+    embedding_init_std: float = 0.02 # std of the untied token embedding's init (1.0 = PyTorch's nn.Embedding default)
     diffusion_block: int = 0 # diffusion only: tokens denoised together (block diffusion, BD3-LM); attention is
                              # bidirectional inside a block, causal across blocks; 0 (or >= block_size) = whole sequence
 
@@ -154,6 +156,11 @@ class GPTConfig:
             sizes = ' or '.join(str(self.n_head * h) for h in (head_size - 1, head_size + 1) if h > 0)
             raise ValueError(f"pos_encoding='rope' needs an even head size, but n_embd/n_head = {self.n_embd}/{self.n_head} "
                              f"= {head_size}: use n_embd={sizes}, or pos_encoding='learned'")
+        if not (isinstance(self.embedding_init_std, (int, float)) and self.embedding_init_std > 0):
+            raise ValueError(f"embedding_init_std must be a number > 0, not {self.embedding_init_std!r}")
+        if self.tie_embeddings and self.embedding_init_std != 0.02: # the shared matrix is also the output head
+            raise ValueError(f"embedding_init_std={self.embedding_init_std} needs tie_embeddings=False: a tied embedding "
+                             f"is also the output head, which starts at std 0.02")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout!r}")
         if self.model_type == 'diffusion':
@@ -199,8 +206,8 @@ class GPT(nn.Module):
             # noise level t in [0,1] -> sinusoidal features -> a vector added to every position
             self.time_mlp = nn.Sequential(nn.Linear(64, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.n_embd))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: https://paperswithcode.com/method/weight-tying
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings: # weight tying: https://paperswithcode.com/method/weight-tying
+            self.transformer.wte.weight = self.lm_head.weight
         # a buffer (not a Python float) so that the training controller can change it
         # without recompiling, and so that it is saved in the state dict
         self.register_buffer('mask_logit_bias', torch.tensor(float(config.mask_logit_bias)))
@@ -210,10 +217,12 @@ class GPT(nn.Module):
         for pn, p in self.named_parameters():
             if pn.endswith('c_proj.weight'):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02/math.sqrt(2 * config.n_layer))
+        if not config.tie_embeddings: # an input embedding of its own may start larger (the spec's reference run: N(0,1))
+            torch.nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=config.embedding_init_std)
 
     def get_num_params(self, non_embedding=True):
         """Number of parameters; position embeddings are subtracted by default (token
-        embeddings count, because they are tied to the output head)."""
+        embeddings count: tied, they are the output head; untied, they are as big as it)."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding and self.config.pos_encoding == 'learned':
             n_params -= self.transformer.wpe.weight.numel()
@@ -314,16 +323,17 @@ class GPT(nn.Module):
     def to_diffusion(self, diffusion_block=0):
         """Model surgery that turns an autoregressive model into a diffusion model:
         attention becomes bidirectional (inside blocks of diffusion_block tokens, if > 0) and
-        the (tied) embedding and head grow by two rows, [MASK] and [WRONG], placed right
+        the embedding and head (tied or not) grow by two rows, [MASK] and [WRONG], placed right
         after the existing vocabulary. The new rows
-        start at the mean of the old embeddings plus a little noise: typical-looking
+        start at the mean of the old ones plus a little noise: typical-looking
         tokens whose logits start at the average level, not random directions."""
         assert self.config.model_type == 'gpt2', "already a diffusion model"
-        old = self.transformer.wte.weight.data
-        new_rows = old.mean(0, keepdim=True) + 0.02 * torch.randn(2, old.size(1), device=old.device, dtype=old.dtype)
-        self.lm_head.weight = nn.Parameter(torch.cat([old, new_rows]))
-        self.transformer.wte.weight = self.lm_head.weight
-        base = old.size(0)
+        def grown(old):
+            new_rows = old.mean(0, keepdim=True) + 0.02 * torch.randn(2, old.size(1), device=old.device, dtype=old.dtype)
+            return nn.Parameter(torch.cat([old, new_rows]))
+        base = self.lm_head.weight.size(0)
+        self.lm_head.weight = grown(self.lm_head.weight.data)
+        self.transformer.wte.weight = self.lm_head.weight if self.config.tie_embeddings else grown(self.transformer.wte.weight.data)
         self.transformer.wte.num_embeddings = self.lm_head.out_features = self.config.vocab_size = base + 2
         self.config.mask_token_id, self.config.wrong_token_id = base, base + 1
         self.config.model_type = 'diffusion'

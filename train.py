@@ -52,6 +52,9 @@ dropout = 0.0 # for pretraining 0 is good, for finetuning try 0.1+
 bias = False # do we use bias inside LayerNorm and Linear layers?
 pos_encoding = 'learned' # 'learned' (nanoGPT/GPT-2) or 'rope'; diffusion wants 'rope' (see README)
 time_conditioning = False # diffusion: feed the noise level of each row to the model
+tie_embeddings = True # one matrix for the token embedding and the output head, as in GPT-2 (the architecture
+                      # settings only shape a model made from scratch: init_from brings its own)
+embedding_init_std = 0.02 # std of the token embedding's init; another value needs tie_embeddings=False (1.0 = PyTorch's default)
 diffusion_block = 0 # diffusion: tokens denoised together (block diffusion); attention is bidirectional inside a block and causal across blocks; 0 = block_size (full-sequence diffusion), 1 = next-token
 # diffusion objective
 loss_type = 'seed' # 'seed': [MASK] + random tokens -> [WRONG], task-weighted; 'elbo': mask-only, ELBO-weighted
@@ -115,10 +118,11 @@ require_choice('loss_type', loss_type, ('seed', 'elbo'))
 require_choice('noise_schedule', noise_schedule, ('linear', 'cosine'))
 require_choice('loss_weighting', loss_weighting, ('elbo', 'token_mean'))
 require_choice('backend', backend, ('auto', 'nccl', 'gloo'))
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, dropout=dropout,
+                  pos_encoding=pos_encoding, time_conditioning=time_conditioning, tie_embeddings=tie_embeddings,
+                  embedding_init_std=embedding_init_std, diffusion_block=diffusion_block if model_type == 'diffusion' else 0)
 try: # model.py's own checks of the shape asked for (the vocabulary comes from the data, later)
-    GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout,
-              pos_encoding=pos_encoding, model_type=model_type, time_conditioning=time_conditioning,
-              diffusion_block=diffusion_block if model_type == 'diffusion' else 0, **(dict(vocab_size=2, mask_token_id=0, wrong_token_id=1) if model_type == 'diffusion' else {}))
+    GPTConfig(**model_args, model_type=model_type, **(dict(vocab_size=2, mask_token_id=0, wrong_token_id=1) if model_type == 'diffusion' else {}))
 except ValueError as e:
     raise UserError(str(e)) from None
 require(not (model_type == 'diffusion' and time_conditioning and init_from not in ('scratch', 'resume')),
@@ -188,9 +192,6 @@ meta_vocab_size = dataset_vocab_size(dataset)
 # model init
 iter_num = 0
 best_val_loss = 1e9
-model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  dropout=dropout, pos_encoding=pos_encoding, time_conditioning=time_conditioning,
-                  diffusion_block=diffusion_block if model_type == 'diffusion' else 0)
 checkpoint = None
 if init_from == 'scratch':
     print("Initializing a new model from scratch")

@@ -96,6 +96,27 @@ def test_weight_tying():
     assert learned.get_num_params() == rope.get_num_params()
 
 
+def test_untied_embeddings_and_their_init_scale():
+    """tie_embeddings=False gives the embedding and the head a matrix each; embedding_init_std sets
+    the embedding's (the spec's reference run: N(0,1)), the head keeps GPT-2's 0.02."""
+    untied = tiny('diffusion', tie_embeddings=False, embedding_init_std=1.0, n_embd=64)
+    wte, head = untied.transformer.wte.weight, untied.lm_head.weight
+    assert wte is not head and wte.shape == head.shape == (V + 2, 64)
+    assert 0.8 < wte.std().item() < 1.2 and 0.015 < head.std().item() < 0.025
+    tied = tiny('diffusion', n_embd=64)
+    assert untied.get_num_params() == tied.get_num_params() + (V + 2) * 64 # the second matrix counts
+    # the default config is the GPT-2 model of before, bit for bit
+    assert torch.equal(tiny('diffusion', tie_embeddings=True)(tokens(vocab=V + 2))[0], tiny('diffusion')(tokens(vocab=V + 2))[0])
+    # gradients reach both matrices separately
+    untied(tokens(vocab=V + 2))[0].pow(2).mean().backward()
+    assert wte.grad is not None and head.grad is not None and not torch.equal(wte.grad, head.grad)
+    # a checkpoint round trip keeps them apart
+    rebuilt = GPT(GPTConfig(**untied.config.__dict__))
+    rebuilt.load_state_dict(untied.state_dict())
+    assert rebuilt.transformer.wte.weight is not rebuilt.lm_head.weight
+    assert torch.equal(rebuilt.transformer.wte.weight, wte)
+
+
 def test_unknown_model_type_or_pos_encoding():
     with pytest.raises(ValueError, match="model_type must be 'gpt2' or 'diffusion'"):
         tiny('bert')
@@ -111,6 +132,8 @@ def test_unknown_model_type_or_pos_encoding():
     (dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
     (dict(time_conditioning=True), 'time_conditioning is for diffusion models'),
     (dict(model_type='diffusion'), 'two different token ids below vocab_size'),
+    (dict(embedding_init_std=1.0), 'embedding_init_std=1.0 needs tie_embeddings=False'),
+    (dict(embedding_init_std=0, tie_embeddings=False), 'embedding_init_std must be a number > 0'),
 ])
 def test_impossible_configs_are_refused_with_what_to_change(kw, message):
     """A user of GPT from Python gets the same clear ValueError that train.py turns into one line."""
@@ -340,6 +363,11 @@ def test_to_diffusion(pos_encoding):
     assert a[..., V:].abs().max() < 10 * a[..., :V].abs().max() + 1
     with pytest.raises(AssertionError):
         model.to_diffusion()
+    # untied, both matrices grow (and stay two)
+    untied = tiny('gpt2', pos_encoding, tie_embeddings=False)
+    untied.to_diffusion()
+    assert untied.transformer.wte.weight is not untied.lm_head.weight
+    assert untied.transformer.wte.weight.shape == untied.lm_head.weight.shape == (V + 2, 32)
     # the surgery survives a state-dict round trip into a model built from its config
     rebuilt = GPT(GPTConfig(**{**cfg.__dict__}))
     rebuilt.load_state_dict(model.state_dict())

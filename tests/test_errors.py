@@ -41,6 +41,7 @@ CASES = [
     ('train.py', ['--model_type=diffusion', '--diffusion_block=5'], 'diffusion_block=5 does not divide block_size=32'),
     ('train.py', ['--model_type=diffusion', '--diffusion_block=8', '--time_conditioning=True'],
      'time_conditioning does not go with block diffusion'),
+    ('train.py', ['--embedding_init_std=1.0'], 'embedding_init_std=1.0 needs tie_embeddings=False'),
     # train.py: named options
     ('train.py', ['--loss_type=ebo'], "loss_type must be 'seed' or 'elbo', not 'ebo': did you mean --loss_type=elbo?"),
     ('train.py', ['--loss_weighting=mean'], "loss_weighting must be 'elbo' or 'token_mean'"),
