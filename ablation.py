@@ -6,11 +6,12 @@ seed's value and the mean +- half the spread.
 
 $ python ablation.py                         # every row, two runs at a time, one thread each
 $ python ablation.py --rows=base,bias --seeds=1337,1338,1339
-Finished runs (a log ending in the last eval) are read, not rerun, so the script can be
-stopped and started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
+Finished runs (train.py exited 0: a .done file beside the log) are read, not rerun, so
+the script can be stopped and started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
 """
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from configurator import configure, require
 base_config = 'config/train_shakespeare_diffusion_elbo_cpu.py' # the config every row changes
 rows = '' # comma-separated names from ROWS below ('' = all)
 seeds = '1337,1338' # comma-separated training seeds, at least two for a spread
+train_args = '' # extra train.py arguments for every run, e.g. '--max_iters=1000 --lr_decay_iters=1000'
 jobs = 2 # trainings at once; each gets cpus // jobs threads (2 cores: two 1-thread runs beat one 2-thread run by ~30%)
 log_dir = 'logs/ablation'
 out_root = 'out-ablation'
@@ -68,8 +70,8 @@ print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)
 while todo or running:
     while todo and len(running) < jobs:
         name, seed, log = todo.pop(0)
-        args = [sys.executable, 'train.py', base_config, f'--seed={seed}', f'--out_dir={out_root}/{name}-s{seed}']
-        args += [f'--{k}={v}' for k, v in ROWS[name][1].items()]
+        args = [sys.executable, 'train.py', base_config, *shlex.split(train_args), f'--seed={seed}',
+                f'--out_dir={out_root}/{name}-s{seed}', *(f'--{k}={v}' for k, v in ROWS[name][1].items())]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         print(f"training {name} seed {seed}: {' '.join(args[1:])}", flush=True)
         running.append((subprocess.Popen(args, stdout=open(log, 'w'), stderr=subprocess.STDOUT, env=env), log))
