@@ -383,7 +383,8 @@ def match(name, sampler, steps):
     while True:
         below = max((r for r in tries if r['entropy'] <= target), key=lambda r: r['entropy'], default=None)
         above = min((r for r in tries if r['entropy'] > target), key=lambda r: r['entropy'], default=None)
-        bracketed = below is not None and above is not None and in_band(below) and in_band(above)
+        exact = below is not None and below['entropy'] == target # possible with few tokens: counts are discrete
+        bracketed = exact or (below is not None and above is not None and in_band(below) and in_band(above))
         if bracketed or len(tries) == match_tries:
             break
         if below is not None and above is not None:
@@ -395,8 +396,8 @@ def match(name, sampler, steps):
             break
         tries.append(measure(name, sampler, steps, temp))
     closest = min(tries, key=lambda r: abs(r['entropy'] - target))
-    if not bracketed:
-        return dict(closest, tries=len(tries), matched=False)
+    if not bracketed or exact:
+        return dict(closest, tries=len(tries), matched=bracketed)
     share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
     at_target = {key: below[key] + share * (above[key] - below[key]) for key in ('nll', 'rep', 'temperature')}
     return dict(closest, **at_target, entropy=target, tries=len(tries), matched=True)
@@ -447,11 +448,14 @@ for name, model, checkpoint in models:
             with ctx:
                 flagged, corrected, _ = diffusion.proofread(model, corrupted, proofread_steps,
                                                             temperature=proofread_temperature, generator=noise)
-            results.append((x, corrupted, truth, flagged, corrected))
-        clean, corrupted, truth, flagged, corrected = (torch.cat(t) for t in zip(*results))
+                # the same rewrite of exactly the substituted positions: what perfect detection would leave
+                oracle, _ = diffusion.confidence_sample(model, torch.where(truth, model.config.mask_token_id, corrupted),
+                                                        proofread_steps, temperature=proofread_temperature, generator=noise)
+            results.append((x, corrupted, truth, flagged, corrected, oracle))
+        clean, corrupted, truth, flagged, corrected, oracle = (torch.cat(t) for t in zip(*results))
         proofreading.append(dict(name=name, block=block_label(model), objective=objective(checkpoint), rate=rate,
                                  prf=detection_prf(flagged, truth), before=char_error_rate(corrupted, clean),
-                                 after=char_error_rate(corrected, clean)))
+                                 after=char_error_rate(corrected, clean), oracle=char_error_rate(oracle, clean)))
 section('Proofreading', [
     f"{eval_batches} val batches of {batch_size} rows of each model's block_size; in every row exactly int(rate * "
     "block_size) positions get a random different token. Detection: the positions diffusion.wrong_flags flags "
@@ -460,12 +464,13 @@ section('Proofreading', [
     f"confidence steps at temperature {proofread_temperature}. Both see the whole row at once: a block model with "
     "its block-causal attention (each block sees itself and the blocks before it). Error rate: fraction of tokens "
     "that differ from the clean text (substitution only, so the texts stay aligned: Hamming = character error rate "
-    "for char data). A model trained with the `elbo` objective never saw [WRONG] as a target: its row measures an "
-    "untrained head."],
+    "for char data). `after, perfect detection`: the same rewrite of exactly the substituted positions, the error "
+    "rate a perfect detector would leave with this model's corrections (it separates detection from correction). A "
+    "model trained with the `elbo` objective never saw [WRONG] as a target: its detection measures an untrained head."],
     ['model', 'diffusion block', 'objective', 'substituted', 'precision', 'recall', 'F1', 'error rate before',
-     'error rate after'],
+     'error rate after', 'after, perfect detection'],
     [[r['name'], r['block'], r['objective'], f"{r['rate'] * 100:g}%", *map(fmt, r['prf']), fmt(r['before'], 4),
-      fmt(r['after'], 4)] for r in proofreading])
+      fmt(r['after'], 4), fmt(r['oracle'], 4)] for r in proofreading])
 
 # -----------------------------------------------------------------------------
 # 4. speed: training on fresh models of one architecture, that of the first diffusion checkpoint

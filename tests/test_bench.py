@@ -119,6 +119,9 @@ def test_bench_end_to_end(checkpoints):
 
     proofreading = table(results, 'Proofreading')
     assert {row[0] for row in proofreading[1:]} == {'seed', 'elbo', 'block'}
+    assert proofreading[0][-3:] == ['error rate before', 'error rate after', 'after, perfect detection']
+    # a perfect detector's rewrite touches only substituted positions: it cannot add errors
+    assert all(0 <= float(row[-1]) <= float(row[-3]) for row in proofreading[1:])
     training = table(results, 'Training speed')
     assert training[0] == ['model', 'diffusion block', 'objective', 'parameters', 'ms/iteration', 'tokens/s', 'vs AR']
     assert [row[:3] for row in training[1:]] == [['AR', '-', 'next token'], ['diffusion', 'full', 'elbo'],
