@@ -156,7 +156,7 @@ class GPTConfig:
             sizes = ' or '.join(str(self.n_head * h) for h in (head_size - 1, head_size + 1) if h > 0)
             raise ValueError(f"pos_encoding='rope' needs an even head size, but n_embd/n_head = {self.n_embd}/{self.n_head} "
                              f"= {head_size}: use n_embd={sizes}, or pos_encoding='learned'")
-        if not (isinstance(self.embedding_init_std, (int, float)) and self.embedding_init_std > 0):
+        if isinstance(self.embedding_init_std, bool) or not (isinstance(self.embedding_init_std, (int, float)) and self.embedding_init_std > 0):
             raise ValueError(f"embedding_init_std must be a number > 0, not {self.embedding_init_std!r}")
         if self.tie_embeddings and self.embedding_init_std != 0.02: # the shared matrix is also the output head
             raise ValueError(f"embedding_init_std={self.embedding_init_std} needs tie_embeddings=False: a tied embedding "
