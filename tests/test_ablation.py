@@ -26,9 +26,8 @@ def test_ablation_trains_each_row_and_seed_once(tiny_args, tmp_path):
         assert len(per_seed) == 2 and all(0 < float(b) < 10 for b in per_seed)
         log = (tmp_path / 'logs' / f'{name}-s1.log').read_text()
         assert 'step 4:' in log and (tmp_path / 'out' / f'{name}-s1' / 'ckpt.pt').is_file()
-        final = log[log.index('step 4:'):]
-        assert f"val bound {per_seed[0]}" in final # the bound column is the last eval's bound
-        assert f"{line.split('|')[5].split(' / ')[0].strip()}/" in final # and the CE column starts with its 15 %
+        # the bound of seed 1 is the last eval's bound in its log, not one of the masked CEs
+        assert abs(float(per_seed[0]) - float(re.findall(r'val bound ([\d.]+)', log)[-1])) < 6e-4
     assert "Overriding: tie_embeddings = False" in (tmp_path / 'logs' / 'untied_n01-s2.log').read_text()
     second = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and '4 of 4 runs already finished; 0 to train' in second.stdout
