@@ -106,10 +106,8 @@ def test_bench_end_to_end(checkpoints):
         [('ar', 'autoregressive')] + [(m, s) for m in ('seed', 'elbo', 'block') for s in SAMPLERS])
     for row in rows[1:]:
         assert row['matched'] in ('yes', 'not matched')
-        if row['matched'] == 'yes': # interpolated between two tries in the band, one each side: at the target
-            assert float(row['entropy']) == target
-        else: # the closest try, which had no in-band partner on the other side of the target
-            assert float(row['entropy']) != target
+        if row['matched'] == 'yes': # interpolated at the target between two in-band tries, or one try very near it
+            assert abs(float(row['entropy']) - target) <= MATCH_TOLERANCE * target / 20 + 1e-3
         assert 0.3 <= float(row['temperature']) <= 2.5 and 1 <= int(row['tries']) <= 3
     # sorted by judge NLL, the matched rows first
     order = [(row['matched'] != 'yes', float(row['judge NLL'])) for row in rows[1:]]
