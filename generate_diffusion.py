@@ -40,7 +40,7 @@ sampler = 'confidence' # 'confidence' (commit proposals in the order and number 
 steps = 64 # confidence (and proofread): forward passes to write all masked tokens (per block for a block model; a cap for adaptive commits)
 max_steps = 128 # refine: steps before one last pass fills whatever is still masked (per block for a block model)
 schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
-order = 'left_to_right' # confidence: which proposals a scheduled pass commits, 'left_to_right' (next-token order inside each block: the best at matched diversity in bench.py), 'confidence' (surest first) or 'random' (MDLM's ancestral order)
+order = 'auto' # confidence: which proposals a scheduled pass commits: 'auto' (the best at matched diversity in bench.py: 'left_to_right' for a block model, 'random' for a full-sequence one), 'left_to_right' (next-token order inside each block), 'confidence' (surest first) or 'random' (MDLM's ancestral order)
 remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
 commit = 'schedule' # confidence sampler: how many proposals each pass commits: 'schedule' (steps passes), 'threshold' (every proposal surer than threshold, at least one) or 'entropy' (lowest-entropy proposals while their summed entropy <= entropy_budget)
 threshold = 0.9 # commit='threshold': confidence above which a proposal is committed
@@ -87,8 +87,7 @@ if schedule not in ('cosine', 'linear'):
     raise UserError(f"schedule must be 'cosine' or 'linear', not {schedule!r}")
 if remask not in ('none', 'wrong', 'low_confidence'):
     raise UserError(f"remask must be 'none', 'wrong' or 'low_confidence', not {remask!r}")
-if order not in ('confidence', 'random', 'left_to_right'):
-    raise UserError(f"order must be 'confidence', 'random' or 'left_to_right', not {order!r}")
+require_choice('order', order, ('auto', 'confidence', 'random', 'left_to_right'))
 require_choice('commit', commit, ('schedule', 'threshold', 'entropy'))
 confidence_only = [key for key in ('remask', 'order', 'commit') if key in configurator.GIVEN]
 if sampler == 'refine' and confidence_only and not proofread:
@@ -122,6 +121,8 @@ for key in ('trajectory', 'output'): # written at the end: a path that cannot be
 device, device_type, dtype, ctx = setup_device(device, dtype)
 
 model, checkpoint = load_model(out_dir, device, 'diffusion', 'generate_diffusion.py')
+if order == 'auto': # inside a small block, next-token order; over a whole sequence, a random order (README, Results)
+    order = 'left_to_right' if model.denoising_block else 'random'
 encode, decode = load_tokenizer(checkpoint['config']['dataset'])
 block_size, mask_id, wrong_id = model.config.block_size, model.config.mask_token_id, model.config.wrong_token_id
 
@@ -287,5 +288,6 @@ if trajectory:
 # speed: the text the model wrote, not the prompt it was given
 n_tokens = int(written.sum())
 n_chars = sum(len(decode(part.tolist())) for part in y[written].split(written.sum(1).tolist()))
-print(f"{num_samples} samples of {len(ids)} tokens: {passes} forward passes in {elapsed:.2f}s, "
+how = f"{sampler}" + (f", order {order}, commit {commit}" if sampler == 'confidence' else '')
+print(f"{num_samples} samples of {len(ids)} tokens ({how}): {passes} forward passes in {elapsed:.2f}s, "
       f"wrote {n_chars / elapsed:,.0f} chars/s ({n_tokens / elapsed:,.0f} tokens/s)")

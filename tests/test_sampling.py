@@ -254,7 +254,11 @@ def test_generate_prefix(checkpoints, monkeypatch, capsys, tmp_path):
     assert len(samples) == 3 and out.count('---------------') == 3
     for s in samples:
         assert len(s) == 20 and s.startswith('ab\ncd') and set(s) <= set(CHARS)
-    assert re.search(r'3 samples of 20 tokens: [1-5] forward passes in .* chars/s', out)
+    # order 'auto': a random order for a full-sequence model, next-token order for a block model
+    assert re.search(r'3 samples of 20 tokens \(confidence, order random, commit schedule\): [1-5] forward passes in .* chars/s', out)
+    out = run_script(monkeypatch, capsys, 'generate_diffusion.py', f'--out_dir={checkpoints["block"]}', '--start=ab',
+                     '--num_samples=1', '--length=20', '--device=cpu')
+    assert '(confidence, order left_to_right, commit schedule)' in out
 
 
 @pytest.mark.parametrize('sampler', ['refine', 'confidence'])
