@@ -373,6 +373,12 @@ def closest_try(tries):
     return min(tries, key=lambda r: abs(r['entropy'] - target))
 
 
+def at_target(below, above, key):
+    """r[key] interpolated linearly in entropy between two tries, at the target entropy."""
+    share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
+    return below[key] + share * (above[key] - below[key])
+
+
 def match(name, sampler, steps):
     """The generator's metrics at exactly the val text's unigram entropy. Entropy rises with the
     temperature: starting at `temperature`, each try steps the temperature by 25 % toward the
@@ -394,9 +400,8 @@ def match(name, sampler, steps):
         bracketed = exact or (below is not None and above is not None and in_band(below) and in_band(above))
         if bracketed or len(tries) == match_tries:
             break
-        if below is not None and above is not None:
-            share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
-            temp = below['temperature'] + share * (above['temperature'] - below['temperature'])
+        if below is not None and above is not None: # the secant
+            temp = at_target(below, above, 'temperature')
         else:
             temp = min(max(tries[-1]['temperature'] * (1.25 if above is None else 0.8), min_temperature), max_temperature)
         if any(r['temperature'] == temp for r in tries): # stuck at a temperature limit, or converged
@@ -405,9 +410,8 @@ def match(name, sampler, steps):
     closest = closest_try(tries)
     if not bracketed or exact:
         return dict(closest, tries=len(tries), matched=bracketed)
-    share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
-    at_target = {key: below[key] + share * (above[key] - below[key]) for key in ('nll', 'rep', 'temperature')}
-    return dict(closest, **at_target, entropy=target, tries=len(tries), matched=True)
+    interpolated = {key: at_target(below, above, key) for key in ('nll', 'rep', 'temperature')}
+    return dict(closest, **interpolated, entropy=target, tries=len(tries), matched=True)
 
 
 matched = [match(ar_name, 'autoregressive', '-')] + [
