@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from configurator import configure, require
+from configurator import configure, parse_list, require
 
 base_config = 'config/train_shakespeare_diffusion_elbo_cpu.py' # the config every row changes
 rows = '' # comma-separated names from ROWS below ('' = all)
@@ -49,24 +49,18 @@ ROWS = {
     'clipped_untied_n01': ("clipped and untied N(0,1): the two winners together",
                            {'mask_rate_min': 0.3, 'mask_rate_max': 0.8, 'tie_embeddings': False, 'embedding_init_std': 1.0}),
 }
-names = [r for r in rows.split(',') if r] or list(ROWS)
+names = parse_list(rows, str.strip, 'rows') if rows else list(ROWS)
 unknown = [r for r in names if r not in ROWS]
 require(not unknown, f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
-seed_list = [int(s) for s in seeds.split(',') if s]
-require(len(seed_list) >= 1, "give at least one seed, e.g. --seeds=1337,1338")
+seed_list = parse_list(seeds, int, 'seeds')
 require(jobs >= 1, f"jobs must be >= 1, not {jobs}")
-FINAL = re.compile(r"step (\d+): .*masked val CE 15/50/90%: ([\d.]+)/([\d.]+)/([\d.]+), val bound ([\d.]+)")
+FINAL = re.compile(r"step \d+: .*masked val CE 15/50/90%: ([\d.]+)/([\d.]+)/([\d.]+), val bound ([\d.]+)")
 
 
 def final_eval(log_path):
-    """(iteration, bound, ce15, ce50, ce90) of the last eval in a log, or None."""
-    if not os.path.exists(log_path):
-        return None
-    found = FINAL.findall(open(log_path).read())
-    if not found:
-        return None
-    step, ce15, ce50, ce90, bound = (float(v) for v in found[-1])
-    return step, bound, ce15, ce50, ce90
+    """(bound, ce15, ce50, ce90) of the last eval in the log of a finished run."""
+    ce15, ce50, ce90, bound = (float(v) for v in FINAL.findall(open(log_path).read())[-1])
+    return bound, ce15, ce50, ce90
 
 
 os.makedirs(log_dir, exist_ok=True)
@@ -99,8 +93,8 @@ for name in names:
     evals = [final_eval(log) for n, _, log in runs if n == name and os.path.exists(log + '.done')]
     if not evals:
         continue
-    bounds = [e[1] for e in evals]
-    ces = [sum(e[i] for e in evals) / len(evals) for i in (2, 3, 4)]
+    bounds = [e[0] for e in evals]
+    ces = [sum(e[i] for e in evals) / len(evals) for i in (1, 2, 3)]
     spread = (max(bounds) - min(bounds)) / 2
     print(f"| {name} | {ROWS[name][0]} | {' / '.join(f'{b:.3f}' for b in bounds)} | "
           f"{sum(bounds) / len(bounds):.3f} +- {spread:.3f} | {' / '.join(f'{c:.3f}' for c in ces)} |")

@@ -27,7 +27,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from configurator import UserError, configure, require_range
+from configurator import UserError, configure, parse_list, require_range
 import diffusion
 from loading import get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint, setup_device, timed
 from metrics import char_error_rate, detection_prf, judge_nll, repetition, substitute_tokens, unigram_entropy
@@ -75,16 +75,6 @@ require_range('proofread_temperature', proofread_temperature, low=0)
 require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
 if not out or os.path.isfile(out):
     raise UserError(f"out={out!r} is {'a file' if out else 'empty'}: give the folder for the results, e.g. --out=out-bench")
-
-
-def parse_list(text, kind, key):
-    try:
-        values = [kind(v) for v in text.split(',') if v.strip()]
-    except ValueError:
-        raise UserError(f"{key} must be a comma-separated list of {kind.__name__}s, got {text!r}")
-    if not values:
-        raise UserError(f"{key} is empty: give at least one value")
-    return values
 
 
 diffusion_dirs = parse_list(diffusion_dirs, str.strip, 'diffusion_dirs')

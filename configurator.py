@@ -180,3 +180,15 @@ def require_range(key, value, low=None, high=None, low_open=False, high_open=Fal
         except UserError:
             pass
     raise UserError(f"{key} must be {'an integer ' if integer else ''}{bounds}, not {value!r}{example}")
+
+
+def parse_list(text, kind, key):
+    """The values of a comma-separated setting, each converted by kind (blanks skipped); an
+    unconvertible or empty list is a one-line error naming the key."""
+    try:
+        values = [kind(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise UserError(f"{key} must be a comma-separated list of {kind.__name__}s, got {text!r}")
+    if not values:
+        raise UserError(f"{key} is empty: give at least one value")
+    return values
