@@ -1,12 +1,13 @@
 """
-The training ablation of the full-sequence diffusion model (README, "Ablation"): every row
-is one change to the CPU ELBO config as it was before it (BASELINE below), trained for its
-2,500 iterations at two or more seeds;
-the table gives the final val bound (always the full 1/t ELBO) and masked val CE, each
-seed's value and the mean +- half the spread.
+The training ablations of the full-sequence diffusion model (docs/results.md): every row is
+one change to a CPU config as it was before the ablation (the recipe's baseline below),
+trained for its 2,500 iterations at two or more seeds; the table gives the final val bound
+(always the full 1/t ELBO) and masked val CE, each seed's value and the mean +- half the spread.
+recipe='elbo' ablates the ELBO objective, recipe='seed' the [MASK]/[WRONG] recipe.
 
-$ python ablation.py                         # every row, two runs at a time, one thread each
+$ python ablation.py                         # every ELBO row, two runs at a time, one thread each
 $ python ablation.py --rows=token_mean,bias --seeds=1337,1338,1339
+$ python ablation.py --recipe=seed
 Finished runs (train.py exited 0: a .done file beside the log) are read, not rerun, so
 the script can be stopped and started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
 """
@@ -18,9 +19,10 @@ import sys
 import time
 
 from configurator import configure, parse_list, require
+from progress import progress
 
-base_config = 'config/train_shakespeare_diffusion_elbo_cpu.py' # the config every row changes
-rows = '' # comma-separated names from ROWS below ('' = all)
+recipe = 'elbo' # 'elbo' or 'seed': which config and rows (RECIPES below)
+rows = '' # comma-separated names from the recipe's rows below ('' = all)
 seeds = '1337,1338' # comma-separated training seeds, at least two for a spread
 train_args = '' # extra train.py arguments for every run, e.g. '--max_iters=1000 --lr_decay_iters=1000'
 jobs = 2 # trainings at once; each gets cpus // jobs threads (2 cores: two 1-thread runs beat one 2-thread run by ~30%)
@@ -28,20 +30,20 @@ log_dir = 'logs/ablation'
 out_root = 'out-ablation'
 configure(globals())
 
-# every run starts from the config as it was before this ablation, but for the token mean: tied
+# every ELBO run starts from the config as it was before this ablation, but for the token mean: tied
 # embeddings at GPT-2's init and the full range of mask rates, so the table stays reproducible now
 # that the winner (the clipped range) is the config's default
-BASELINE = {'loss_weighting': 'token_mean', 'mask_rate_min': 0.0, 'mask_rate_max': 1.0, 'tie_embeddings': True,
+ELBO_BASELINE = {'loss_weighting': 'token_mean', 'mask_rate_min': 0.0, 'mask_rate_max': 1.0, 'tie_embeddings': True,
             'embedding_init_std': 0.02}
 # name -> (what it changes, train.py overrides on top of BASELINE): one change each, but for the last row
-ROWS = {
+ELBO_ROWS = {
     'one_over_t': ("1/t-weighted ELBO (the bound itself) instead of the token mean", {'loss_weighting': 'elbo'}),
     'token_mean': ("none: token mean over masked positions", {}),
     'clipped': ("mask rates clipped to [0.3, 0.8] in training", {'mask_rate_min': 0.3, 'mask_rate_max': 0.8}),
     'untied': ("untied embeddings (std 0.02)", {'tie_embeddings': False}),
     'untied_n01': ("untied, N(0,1) embeddings", {'tie_embeddings': False, 'embedding_init_std': 1.0}),
     'bias': ("biases in Linear and LayerNorm", {'bias': True}),
-    'reference': ("untied, N(0,1), biases (the spec's reference model)",
+    'reference': ("untied, N(0,1), biases (the first reference model of the README's position table)",
                   {'tie_embeddings': False, 'embedding_init_std': 1.0, 'bias': True}),
     'time_cond': ("time conditioning", {'time_conditioning': True}),
     'lr_2e-3': ("learning rate 2e-3 (min 2e-4) instead of 1e-3", {'learning_rate': 2e-3, 'min_lr': 2e-4}),
@@ -49,6 +51,23 @@ ROWS = {
     'clipped_untied_n01': ("clipped and untied N(0,1): the two winners together",
                            {'mask_rate_min': 0.3, 'mask_rate_max': 0.8, 'tie_embeddings': False, 'embedding_init_std': 1.0}),
 }
+# every seed run starts from the seed CPU config as it was before this ablation: corruption rates
+# over the whole range, one mean over every position, [WRONG] share 1, discount floor 0.1
+SEED_BASELINE = {'mask_rate_min': 0.0, 'mask_rate_max': 1.0, 'seed_normalise': 'positions', 'wrong_share': 1.0,
+                 'reward_correct_unmask': 0.1, 'penalty_mask_correct': 0.5}
+SEED_ROWS = {
+    'seed': ("none: the seed recipe as it was", {}),
+    'seed_clipped': ("corruption rates clipped to [0.3, 0.8]", {'mask_rate_min': 0.3, 'mask_rate_max': 0.8}),
+    'seed_tasks': ("per-task means in each row instead of one mean over every position", {'seed_normalise': 'tasks'}),
+    'seed_clipped_tasks': ("clipped and per-task means", {'mask_rate_min': 0.3, 'mask_rate_max': 0.8, 'seed_normalise': 'tasks'}),
+    'seed_wrong_half': ("[WRONG] share 0.5 instead of 1", {'wrong_share': 0.5}),
+    'seed_penalty_0.1': ("keep penalty 0.1 instead of 0.5", {'penalty_mask_correct': 0.1}),
+    'seed_no_discount': ("no soft discount (reward_correct_unmask 1)", {'reward_correct_unmask': 1.0}),
+}
+RECIPES = {'elbo': ('config/train_shakespeare_diffusion_elbo_cpu.py', ELBO_BASELINE, ELBO_ROWS),
+           'seed': ('config/train_shakespeare_diffusion_cpu.py', SEED_BASELINE, SEED_ROWS)}
+require(recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+base_config, BASELINE, ROWS = RECIPES[recipe]
 names = parse_list(rows, str.strip, 'rows') if rows else list(ROWS)
 unknown = [r for r in names if r not in ROWS]
 require(not unknown, f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
@@ -71,6 +90,7 @@ todo = [run for run in runs if run[2] not in done_logs]
 threads = max(1, (os.cpu_count() or 1) // jobs)
 running = []
 print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to train, {jobs} at a time")
+bar = progress(len(todo), 'ablation', 'run') # runs finished, their rate and the time left
 while todo or running:
     while todo and len(running) < jobs:
         name, seed, log = todo.pop(0)
@@ -82,10 +102,12 @@ while todo or running:
     time.sleep(5)
     for proc, log in [r for r in running if r[0].poll() is not None]:
         running.remove((proc, log))
+        bar.update()
         if proc.returncode == 0:
             open(log + '.done', 'w').close()
         else:
             print(f"error: {log} exited with {proc.returncode}: see that log", flush=True)
+bar.close()
 
 print(f"\n| row | change | val bound per seed ({', '.join(map(str, seed_list))}) | bound mean +- half spread | masked CE 15/50/90 % (mean) |")
 print("|---|---|---|---|---|")

@@ -32,6 +32,7 @@ import diffusion
 from loading import get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint, setup_device, timed
 from metrics import char_error_rate, detection_prf, judge_nll, repetition, substitute_tokens, unigram_entropy
 from model import GPT, GPTConfig
+from progress import progress
 
 # -----------------------------------------------------------------------------
 ar_dir = 'out-shakespeare-ar-cpu' # the autoregressive checkpoint: the AR baseline
@@ -214,7 +215,7 @@ fractions = (0.15, 0.5, 0.9)
 with torch.no_grad(), ctx:
     ar_loss = np.mean([ar_model(x, y)[1].item() for x, y in val_batches(ar_model.config.block_size)])
 rows = [[ar_name, '-', 'next token', fmt(ar_loss, 4), fmt(ar_loss / math.log(2), 4), '1.000'] + ['-'] * len(fractions)]
-for name, model, checkpoint in models:
+for name, model, checkpoint in progress(models, 'validation loss', 'model'):
     mask_id = model.config.mask_token_id
     batches = [x for x, _ in val_batches(model.config.block_size)]
     bound = diffusion.elbo_bound(model, batches, mask_id, model.denoising_block or model.config.block_size,
@@ -324,7 +325,8 @@ val_row = dict(text_metrics(reference), name='val text', model=None, sampler='re
                passes='-')
 fixed = [val_row, measure(ar_name, 'autoregressive', '-', temperature)] + [
     measure(name, sampler, steps, temperature)
-    for name, _, _ in models for sampler in samplers for steps in sampler_steps(sampler, step_counts)]
+    for name, _, _ in progress(models, 'fixed temperature', 'model')
+    for sampler in samplers for steps in sampler_steps(sampler, step_counts)]
 judge_note = ("The judge is the AR baseline itself, so the AR samples are scored by the model that wrote them "
               "(at temperature 1 their NLL is its own entropy rate: a favourable reference); pass judge_dir for an "
               "independent judge." if judge is ar_model else f"The judge is {names[os.path.normpath(judge_dir)]}.")
@@ -406,7 +408,8 @@ def match(name, sampler, steps):
 
 matched = [match(ar_name, 'autoregressive', '-')] + [
     match(name, sampler, steps)
-    for name, _, _ in models for sampler in samplers for steps in sampler_steps(sampler, match_step_counts)]
+    for name, _, _ in progress(models, 'matched diversity', 'model')
+    for sampler in samplers for steps in sampler_steps(sampler, match_step_counts)]
 matched.sort(key=lambda r: (not r['matched'], r['nll'])) # the best first, the generators that missed the band last
 ar_matched = next(r for r in matched if r['name'] == ar_name)
 section('Sample quality at matched diversity', [
@@ -439,7 +442,7 @@ with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f: # the f
 # 3. proofreading
 print("proofreading...", flush=True)
 proofreading = [] # one dict per model and rate: name, objective, rate, prf, before, after
-for name, model, checkpoint in models:
+for name, model, checkpoint in progress(models, 'proofreading', 'model'):
     batches = val_batches(model.config.block_size)
     for rate in proofread_rates:
         noise = torch.Generator(device=device).manual_seed(seed + 5)
@@ -525,7 +528,7 @@ def training_speed(model_args):
 # conditioning, which the two-stream pass cannot take: one noise level per block, not per row)
 variants = [('AR', ar_arch), ('diffusion', arch)] + [
     ('block diffusion', dict(arch, diffusion_block=b, time_conditioning=False)) for b in blocks]
-speeds = [(label, *training_speed(args)) for label, args in variants]
+speeds = [(label, *training_speed(args)) for label, args in progress(variants, 'training speed', 'model')]
 section('Training speed', [
     f"Fresh models of the architecture of {models[0][0]} ({arch['n_layer']} layers, {arch['n_head']} heads, "
     f"{arch['n_embd']} wide, block_size {block}, {arch['pos_encoding']} positions), batch {batch_size}, eager "
@@ -551,7 +554,7 @@ timed_rows = [(label, twin, sampler, '-', ar_matched['temperature'], '')
     (r['name'], r['model'], r['sampler'], r['steps'], r['temperature'], '' if r['matched'] else ' (not matched)')
     for r in [next(r for r in matched if r['name'] == name) for name, _, _ in models]]
 generation = [] # per row: [tokens/s, forward passes] at batch 1, then at batch num_samples
-for _, model, sampler, steps, temp, _ in timed_rows:
+for _, model, sampler, steps, temp, _ in progress(timed_rows, 'generation speed', 'generator'):
     generation.append([])
     for batch in (1, num_samples):
         _, passes, seconds = sample(model, sampler, steps, temp, batch)

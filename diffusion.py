@@ -9,6 +9,7 @@ generate_diffusion.py, the evaluation script and the tests:
 Everything is vectorised over the batch: no Python loop over rows, no host sync per row.
 """
 
+import functools
 import math
 from contextlib import nullcontext
 
@@ -32,18 +33,20 @@ def random_positions(shape, counts_per_row, generator, device):
     return masks
 
 
-def corrupt(x, generator, mask_token_id, wrong_token_id, guaranteed_correct_factor, remask_ratio):
+def corrupt(x, generator, mask_token_id, wrong_token_id, guaranteed_correct_factor, remask_ratio, rate_min=0.0, rate_max=1.0):
     """The seed corruption. For each row independently:
-        total = U(0, 1 - guaranteed_correct_factor)
+        total = U(rate_min, min(rate_max, 1 - guaranteed_correct_factor))
         rate_random = U(0,1) * total * remask_ratio;  rate_mask = total - rate_random
     exactly int(T*rate_mask) positions become [MASK] and int(T*rate_random) other
     positions a random token that is never the original. Targets: the original token,
-    except [WRONG] at the randomised positions.
+    except [WRONG] at the randomised positions. [rate_min, rate_max] is the clipped range of
+    BD3-LM: rows that are almost clean or almost all noise teach little and add variance.
     x (B, T) clean tokens of a base vocabulary of size mask_token_id.
     Returns inputs, targets, total (B,) (the row's corruption rate)."""
     B, T = x.shape
     vocab = mask_token_id # base vocabulary size: the special ids come right after it
-    total = torch.rand(B, generator=generator, device=x.device) * (1 - guaranteed_correct_factor)
+    high = min(rate_max, 1 - guaranteed_correct_factor)
+    total = rate_min + torch.rand(B, generator=generator, device=x.device) * max(0.0, high - rate_min)
     rate_random = torch.rand(B, generator=generator, device=x.device) * total * remask_ratio
     rate_mask = total - rate_random
     n_mask, n_random = (T * rate_mask).long(), (T * rate_random).long()
@@ -113,19 +116,21 @@ def ramp(it, warmup_iters):
     return 1.0 if warmup_iters <= 0 else min(1.0, it / warmup_iters)
 
 
-def get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters):
+def get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters, wrong_share=1.0):
     """The dual curriculum: (current_penalty_mask_correct, remask_ratio) at iteration it.
     The model first learns to fill in masks with no penalty for touching correct tokens,
     then the penalty and the share of proofreading work (random tokens to flag as
-    [WRONG]) ramp up. A pure function of it, so a resumed run continues both ramps."""
-    return penalty_mask_correct * ramp(it, masking_warmup_iters), ramp(it, proofreading_warmup_iters)
+    [WRONG]) ramp up, the latter to wrong_share. A pure function of it, so a resumed run
+    continues both ramps."""
+    return penalty_mask_correct * ramp(it, masking_warmup_iters), wrong_share * ramp(it, proofreading_warmup_iters)
 
 
 def forbid(logits, *token_ids):
-    """logits with the given token ids made impossible."""
-    keep = torch.ones(logits.size(-1), dtype=torch.bool, device=logits.device)
-    keep[list(token_ids)] = False
-    return logits.masked_fill(~keep, float('-inf'))
+    """logits with the given token ids made impossible. The mask is built on the logits' device
+    from an arange: indexing a GPU tensor with a Python list would copy the list over first."""
+    ids = torch.arange(logits.size(-1), device=logits.device)
+    banned = functools.reduce(torch.logical_or, [ids == i for i in token_ids])
+    return logits.masked_fill(banned, float('-inf'))
 
 
 def word_log_probs(logits, mask_token_id, exclude_wrong=True):
@@ -135,7 +140,8 @@ def word_log_probs(logits, mask_token_id, exclude_wrong=True):
 
 
 def task_weighted_loss(logits, inputs, targets, rate, mask_token_id, wrong_token_id,
-                       weight_unmask_task, weight_remask_task, penalty_mask_correct, reward_correct_unmask):
+                       weight_unmask_task, weight_remask_task, penalty_mask_correct, reward_correct_unmask,
+                       normalise='positions'):
     """The seed's task-weighted cross-entropy. Each position's task is read from input
     and target only, never from the model's argmax:
       un-masking (input [MASK])          weight_unmask_task, softly discounted when the
@@ -149,6 +155,10 @@ def task_weighted_loss(logits, inputs, targets, rate, mask_token_id, wrong_token
     softmax it would only ever be pushed down, and the bias controller would chase it
     forever (the runaway of the seed). [MASK] is a sampling decision ("defer"), steered
     by the controller alone.
+    normalise: 'positions' averages weight * CE over every position of the batch, so rows
+    with more corruption weigh more and untouched positions dilute the rest; 'tasks' takes,
+    in every row, the mean of each task over its own positions and sums the three (the
+    token mean of MDLM's masked loss, per task), then averages the rows.
     Returns the loss and detached diagnostics (per-task mean CE as tensors)."""
     logp = word_log_probs(logits, mask_token_id, exclude_wrong=False)
     ce = -logp.gather(-1, targets[..., None]).squeeze(-1)
@@ -159,7 +169,12 @@ def task_weighted_loss(logits, inputs, targets, rate, mask_token_id, wrong_token
     unmask_weight = weight_unmask_task * (reward_correct_unmask + (1 - reward_correct_unmask) * (1 - p_right))
     weight = torch.where(unmask, unmask_weight, torch.where(remask, weight_remask_task,
                          penalty_mask_correct * (1 - rate[:, None]).expand_as(ce)))
-    loss = (weight * ce).mean()
+    if normalise == 'positions':
+        loss = (weight * ce).mean()
+    elif normalise == 'tasks':
+        loss = sum(((weight * ce) * sel).sum(1) / sel.sum(1).clamp(min=1) for sel in (unmask, remask, keep)).mean()
+    else:
+        raise ValueError(f"unknown normalise {normalise!r} (use 'positions' or 'tasks')")
     ce = ce.detach()
     stats = {f'loss_{name}': (ce * sel).sum() / sel.sum().clamp(min=1)
              for name, sel in (('unmask', unmask), ('remask', remask), ('keep', keep))}

@@ -3,6 +3,7 @@ Write text with a diffusion model of this project: start from [MASK] tokens and 
 the whole sequence in parallel, a few forward passes in all.
 $ python generate_diffusion.py --out_dir=out-shakespeare-diffusion
 $ python generate_diffusion.py --start="ROMEO:" --show_steps=True --trajectory=steps.html
+$ python generate_diffusion.py --num_samples=1 --length=256 --trajectory=steps.gif
 $ python generate_diffusion.py --template="ROMEO:\\n[MASK*100]\\nJULIET:\\n[MASK*100]"
 $ python generate_diffusion.py --proofread="FILE:draft.txt"
 Prompts: `start` is a prefix, and the rest of the `length` tokens are written; `length` may
@@ -13,7 +14,8 @@ is N of them (tokens are characters for a char-level dataset, GPT-2 BPE tokens
 otherwise); everything else is kept as written. `proofread` is a text the model checks:
 the tokens it flags as [WRONG] are rewritten, the rest are kept. Each of the three takes
 text or FILE:path; in text typed on the command line, \\n stands for a newline.
-Masks are shown as \u2591, flagged tokens as \u2717.
+Masks are shown as \u2591, flagged tokens as \u2717. Progress (positions written, their rate and
+the time left) goes to stderr, the samples to stdout.
 """
 
 import html
@@ -28,6 +30,7 @@ import configurator
 from configurator import UserError, configure, require_choice, require_range
 import diffusion
 from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, read_text, setup_device, timed
+from progress import progress
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (ckpt.pt)
@@ -52,7 +55,7 @@ seed = 1337
 device = 'auto' # 'auto' (cuda > mps > cpu), or 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'auto' # 'auto': bfloat16 on CUDA if supported else float16; float32 elsewhere
 show_steps = False # redraw the first sample in the terminal after every step
-trajectory = '' # path of a self-contained .html page that replays the first sample step by step
+trajectory = '' # replay of the first sample step by step: a self-contained page (path.html) or an animation (path.gif, needs Pillow)
 output = '' # also write the samples to this file
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -109,8 +112,15 @@ if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_
     raise UserError(f"top_p must be a number in (0, 1] or None, not {top_p!r}")
 if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
     raise UserError(f"length must be a positive integer or None, not {length!r}")
-if trajectory and not trajectory.endswith('.html'):
-    raise UserError(f"--trajectory writes an HTML page: give it a path ending in .html, not {trajectory!r}")
+if trajectory and not trajectory.endswith(('.html', '.gif')):
+    raise UserError(f"--trajectory writes an HTML page or a GIF animation: give it a path ending in .html or .gif, not {trajectory!r}")
+if trajectory.endswith('.gif'):
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise UserError(f"--trajectory={trajectory} needs Pillow for the animation: pip install pillow") from None
+    if not hasattr(ImageFont, 'load_default_imagefont'): # Pillow 10.1 made load_default() a scalable font
+        raise UserError(f"--trajectory={trajectory} needs Pillow 10.1 or newer: pip install -U pillow")
 for key in ('trajectory', 'output'): # written at the end: a path that cannot be written would waste the run
     path = globals()[key]
     folder = os.path.dirname(path)
@@ -170,6 +180,10 @@ tty = sys.stdout.isatty()
 
 
 def on_step(step, tokens, span, cached):
+    if bar is not None: # positions written so far, of all samples: one host sync, as the sampler's own per pass
+        bar.update(bar.total - int((tokens == mask_id).sum()) - bar.n)
+    if not (show_steps or trajectory):
+        return
     row = tokens[0].tolist() # one host sync per step, only when watching
     if show_steps:
         screen = '\x1b[H\x1b[2J' if tty else '' # redraw in place on a terminal, a log otherwise
@@ -249,10 +263,97 @@ show(0);
 </script></body></html>
 """
 
+GIF_COLUMNS, GIF_FONT_SIZE = 64, 15 # text width in characters, and the size of the (scalable) default font
+COLOURS = {'paper': (255, 255, 255), 'active': (204, 222, 247), 'new': (200, 240, 196), 'flagged': (245, 190, 190),
+           'ink': (20, 20, 20), 'prompt': (30, 80, 170), 'caption': (90, 90, 90), 'cross': (200, 30, 30),
+           'mask': (190, 190, 190)} # four backgrounds, then what is drawn on them
+
+
+def write_animation(path, fixed):
+    """An animated GIF replaying frames, one per pass, the last one held. Every token keeps one
+    place, that of the finished text wrapped at GIF_COLUMNS, drawn character by character in
+    cells of one width (the default font is not monospace): masks as grey boxes, the block or
+    window being written tinted blue, tokens written in this pass green, tokens sent back to
+    [MASK] in this pass (flagged [WRONG], or doubted) red with a cross, the prompt in blue."""
+    font = ImageFont.load_default(size=GIF_FONT_SIZE)
+    ascent, descent = font.getmetrics()
+    cw, ch, margin = round(font.getlength('n')) + 1, ascent + descent + 4, 12
+    # the layout of the finished text: (row, column, cells) of every token; a newline ends a row
+    cells, r, c = [], 0, 0
+    for text in (decode([t]) for t in frames[-1]):
+        n = max(1, len(text.replace('\n', '')))
+        if c and c + n > GIF_COLUMNS and '\n' not in text:
+            r, c = r + 1, 0
+        cells.append((r, c, n))
+        r, c = (r + 1, 0) if '\n' in text else (r, c + n)
+    top = margin + 2 * ch # below the caption
+    legend_y = top + (cells[-1][0] + 1) * ch + ch // 2
+    size = (2 * margin + GIF_COLUMNS * cw, legend_y + ch + margin)
+    how = f", order {order}, remask {remask}" if sampler == 'confidence' else ''
+    title = f"{os.path.basename(os.path.normpath(out_dir))}: {sampler} sampler{how}"
+    legend = [('mask', 'masked'), ('active', 'being written'), ('new', 'written in this pass'),
+              ('flagged', 'sent back to [MASK]')]
+
+    def box(draw, x, y, n, colour):
+        inset_x, inset_y = (1, 4) if colour == 'mask' else (0, 0) # a mask is a glyph-sized box, a tint fills the cell
+        draw.rectangle((x + inset_x, y + inset_y, x + n * cw - 1 - inset_x, y + ch - 1 - inset_y), fill=COLOURS[colour])
+
+    def cross(draw, x, y):
+        draw.line((x + 2, y + 3, x + cw - 3, y + ch - 4), fill=COLOURS['cross'], width=2)
+        draw.line((x + 2, y + ch - 4, x + cw - 3, y + 3), fill=COLOURS['cross'], width=2)
+
+    def draw_frame(i):
+        row, prev, (start, end) = frames[i], frames[max(i - 1, 0)], spans[i]
+        image = Image.new('RGB', size, COLOURS['paper'])
+        draw = ImageDraw.Draw(image)
+        where = f", writing {start}-{end - 1}" if end > start else ''
+        draw.text((margin, margin), title, font=font, fill=COLOURS['caption'])
+        draw.text((margin, margin + ch), f"pass {i} of {len(frames) - 1}{where}, {row.count(mask_id)} masked",
+                  font=font, fill=COLOURS['ink'])
+        for j, (t, p) in enumerate(zip(row, prev)):
+            x, y, n = margin + cells[j][1] * cw, top + cells[j][0] * ch, cells[j][2]
+            if start <= j < end:
+                box(draw, x, y, n, 'active')
+            if t == mask_id and p != mask_id:
+                box(draw, x, y, n, 'flagged')
+                cross(draw, x, y)
+            elif t == mask_id:
+                box(draw, x, y, n, 'mask')
+            else:
+                if p == mask_id and i > 0:
+                    box(draw, x, y, n, 'new')
+                for k, char in enumerate(decode([t]).replace('\n', '')[:n]):
+                    draw.text((x + k * cw + cw / 2, y + 2 + ascent), char, font=font, anchor='ms',
+                              fill=COLOURS['prompt' if fixed[j] else 'ink'])
+        x, y = margin, legend_y
+        for colour, label in legend:
+            box(draw, x, y, 1, colour)
+            if colour == 'flagged':
+                cross(draw, x, y)
+            draw.text((x + cw + 4, y + 2 + ascent), label, font=font, anchor='ls', fill=COLOURS['caption'])
+            x += cw + 20 + round(font.getlength(label))
+        return image
+
+    # one palette for all frames (a GIF has 256 colours): every mix of a background and what is
+    # drawn on it, in 8 steps, so that flat colours stay exact, anti-aliased text keeps its
+    # edges, and every frame stores only what changed
+    shades = list(COLOURS.values())
+    mixes = {tuple(round(b + (f - b) * k / 7) for b, f in zip(back, fore)) for back in shades[:4] for fore in shades[4:]
+             for k in range(8)}
+    palette = Image.new('P', (1, 1))
+    palette.putpalette([v for colour in sorted(mixes) for v in colour])
+    images = [draw_frame(i).quantize(palette=palette, dither=Image.Dither.NONE) for i in range(len(frames))]
+    pace = max(40, min(400, 12000 // len(images))) # ms per pass: about 12 s in all, the last frame 3 s more
+    images[0].save(path, save_all=True, append_images=images[1:], duration=[pace] * (len(images) - 1) + [3000],
+                   loop=0, optimize=True)
+    print(f"wrote the animation of sample 1 ({len(frames) - 1} steps) to {path}")
+
 # run
 generator = torch.Generator(device=device).manual_seed(seed)
+# --show_steps prints every pass itself, and proofreading is one short pass over one window
+bar = None if show_steps or proofread else progress(int((x == mask_id).sum()), 'writing', 'token')
 sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                on_step=on_step if show_steps or trajectory else None)
+                on_step=on_step if bar is not None or show_steps or trajectory else None)
 
 
 def run():
@@ -272,6 +373,8 @@ def run():
 
 
 (y, passes, written), elapsed = timed(run, device_type)
+if bar is not None:
+    bar.close()
 samples = [decode(row) for row in y.tolist()]
 if proofread:
     print(f"flagged {int(written[0].sum())} of {len(ids)} tokens as [WRONG] (shown as {WRONG_GLYPH}):")
@@ -284,7 +387,7 @@ if output:
     with open(output, 'w', encoding='utf-8') as f:
         f.write(''.join(f"{sample}\n{SEPARATOR}\n" for sample in samples))
 if trajectory:
-    write_trajectory(trajectory, (~written[0]).tolist())
+    (write_animation if trajectory.endswith('.gif') else write_trajectory)(trajectory, (~written[0]).tolist())
 # speed: the text the model wrote, not the prompt it was given
 n_tokens = int(written.sum())
 n_chars = sum(len(decode(part.tolist())) for part in y[written].split(written.sum(1).tolist()))

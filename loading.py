@@ -25,10 +25,12 @@ MASK_GLYPH, WRONG_GLYPH = '\u2591', '\u2717' # how [MASK] and [WRONG] are shown 
 # device
 
 def setup_device(device, dtype):
-    """Resolve 'auto' device (cuda > mps > cpu) and dtype (bfloat16 on CUDA if supported,
-    else float16; float32 elsewhere). Returns (device, device_type, dtype name, autocast
-    context: mixed precision on CUDA only, a no-op elsewhere). A device or dtype that this
-    machine cannot give is a UserError, before anything is allocated."""
+    """Resolve 'auto' device (cuda > mps > cpu) and dtype (bfloat16 on a GPU that has it in
+    hardware, else float16 with a GradScaler; float32 elsewhere). bfloat16 autocast also runs
+    on the CPU, where it is opt-in. Makes a CUDA device the current one, so that RNG state,
+    synchronize() and memory statistics act on it. Returns (device, device_type, dtype name,
+    autocast context: a no-op in float32). A device or dtype that this machine cannot give is
+    a UserError, before anything is allocated."""
     if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', device):
         raise UserError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps', not {device!r}")
     if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
@@ -47,18 +49,23 @@ def setup_device(device, dtype):
     if device_type == 'mps' and not torch.backends.mps.is_available():
         raise UserError(f"device='mps' is not available (it needs Apple silicon and a PyTorch built with MPS): "
                         "use --device=cpu or --device=auto")
+    if device_type == 'cuda':
+        torch.cuda.set_device(device) # cuda:N, not cuda:0, for everything that uses "the current device"
+    # V100, T4 and RTX 20xx emulate bfloat16 (slowly): only hardware support counts
+    hardware_bf16 = device_type == 'cuda' and torch.cuda.is_bf16_supported(including_emulation=False)
     if dtype == 'auto':
-        dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-    if dtype != 'float32' and device_type != 'cuda':
-        raise UserError(f"dtype={dtype!r} has no effect on {device_type}: mixed precision runs on CUDA only, "
-                        "so use --dtype=float32 (or auto)")
-    if dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
-        raise UserError(f"dtype='bfloat16' is not supported by this GPU ({torch.cuda.get_device_name(device)}): "
-                        "use --dtype=float16 (or auto)")
+        dtype = ('bfloat16' if hardware_bf16 else 'float16') if device_type == 'cuda' else 'float32'
+    if device_type == 'mps' and dtype != 'float32':
+        raise UserError(f"dtype={dtype!r} is not supported on mps here: use --dtype=float32 (or auto)")
+    if device_type == 'cpu' and dtype == 'float16':
+        raise UserError("dtype='float16' needs a GPU (its GradScaler is CUDA's): on the CPU use --dtype=bfloat16 or float32")
+    if device_type == 'cuda' and dtype == 'bfloat16' and not hardware_bf16:
+        raise UserError(f"dtype='bfloat16' is only emulated on this GPU ({torch.cuda.get_device_name(device)}), which is "
+                        "slow: use --dtype=float16 (or auto)")
     torch.backends.cuda.matmul.allow_tf32 = True # allow tf32 on matmul
     torch.backends.cudnn.allow_tf32 = True # allow tf32 on cudnn
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-    ctx = nullcontext() if device_type != 'cuda' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
     return device, device_type, dtype, ctx
 
 
@@ -77,11 +84,16 @@ def timed(fn, device_type):
 # ----------------------------------------------------------------------------
 # data
 
-def split_path(dataset, split):
-    """The path of the uint16 token file of a prepared dataset; a UserError if it is missing."""
+def split_path(dataset, split, min_tokens=1):
+    """The path of the uint16 token file of a prepared dataset; a UserError if it is missing
+    or holds fewer than min_tokens tokens (e.g. block_size + 1 for one training window)."""
     path = os.path.join(DATA_DIR, dataset, f'{split}.bin')
     if not os.path.isfile(path):
         raise UserError(f"no {split} data at {path}: run python data/{dataset}/prepare.py first")
+    tokens = os.path.getsize(path) // 2
+    if tokens < min_tokens:
+        raise UserError(f"{path} holds {tokens} tokens, fewer than the {min_tokens} needed (block_size + 1): "
+                        f"prepare more text with python data/{dataset}/prepare.py, or lower block_size")
     return path
 
 
@@ -92,13 +104,11 @@ def load_split(dataset, split):
 
 def dataset_vocab_size(dataset):
     """vocab_size from data/<dataset>/meta.json, or None if the dataset has none."""
-    path = os.path.join(DATA_DIR, dataset, 'meta.json')
-    if not os.path.isfile(path):
+    meta = read_meta(dataset)
+    if meta is None:
         return None
-    with open(path) as f:
-        vocab_size = json.load(f)['vocab_size']
-    print(f"found vocab_size = {vocab_size} (inside {path})")
-    return vocab_size
+    print(f"found vocab_size = {meta['vocab_size']} (inside {os.path.join(DATA_DIR, dataset, 'meta.json')})")
+    return meta['vocab_size']
 
 
 def get_batch(data, batch_size, block_size, generator, device):
@@ -109,11 +119,13 @@ def get_batch(data, batch_size, block_size, generator, device):
         raise UserError(f"the data has {len(data)} tokens, fewer than block_size+1={block_size + 1}: lower block_size")
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     windows = torch.from_numpy(data[ix.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64)) # one gather, no loop over rows
-    x, y = windows[:, :-1], windows[:, 1:]
     if torch.device(device).type == 'cuda':
-        # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+        # pinned memory lets the copy to the GPU run asynchronously (non_blocking=True); one
+        # contiguous copy of the windows, cut into inputs and targets on the GPU
+        windows = windows.pin_memory().to(device, non_blocking=True)
+    else:
+        windows = windows.to(device)
+    return windows[:, :-1], windows[:, 1:]
 
 
 # ----------------------------------------------------------------------------
@@ -163,9 +175,11 @@ def model_from_checkpoint(checkpoint, device='cpu'):
 
 
 def load_model(out_dir, device, model_type, script):
-    """(model in eval mode, checkpoint) from out_dir, refusing the other model type with a
-    message that names the script that handles it."""
-    checkpoint = load_checkpoint(out_dir, device)
+    """(model in eval mode, checkpoint without its optimizer state) from out_dir, refusing the
+    other model type with a message that names the script that handles it. The checkpoint is
+    read into CPU memory: only the model goes to the device."""
+    checkpoint = load_checkpoint(out_dir, 'cpu')
+    checkpoint.pop('optimizer', None) # twice the model's size, and sampling has no use for it
     found = checkpoint['model_args'].get('model_type', 'gpt2')
     if found != model_type:
         other = 'generate_diffusion.py' if found == 'diffusion' else 'sample.py'
@@ -186,8 +200,11 @@ def read_text(value, name):
     path = value[len('FILE:'):]
     if not os.path.isfile(path):
         raise UserError(f"--{name}: no file at {path}")
-    with open(path, encoding='utf-8') as f:
-        return f.read()
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"--{name}: {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
 
 
 def gpt2_tokenizer(vocab_size=50257):
@@ -199,31 +216,20 @@ def gpt2_tokenizer(vocab_size=50257):
     except Exception as e:
         raise UserError(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): it downloads it once, "
                         "so run once with internet or set TIKTOKEN_CACHE_DIR to a folder that holds it")
-    specials = {vocab_size: MASK_GLYPH, vocab_size + 1: WRONG_GLYPH}
-
-    def decode(ids):
-        # decode runs of ordinary tokens, and show the special tokens between them
-        out, run = [], []
-        for i in ids:
-            if i >= vocab_size:
-                out += [enc.decode(run), specials[i]]
-                run = []
-            else:
-                run.append(i)
-        return ''.join(out + [enc.decode(run)])
-    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), decode
+    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), with_glyphs(enc.decode, vocab_size)
 
 
 def load_tokenizer(dataset):
     """(encode, decode) for a prepared dataset, from data/<dataset>/meta.json (plain JSON,
-    never pickle). decode shows [MASK] and [WRONG] as visible glyphs."""
-    path = os.path.join(DATA_DIR, dataset, 'meta.json')
-    if not os.path.isfile(path):
-        raise UserError(f"no tokenizer metadata at {path}: run python data/{dataset}/prepare.py first")
-    with open(path) as f:
-        meta = json.load(f)
+    never pickle), and its tokenizer.json for a BPE trained by data/shakespeare_bpe/prepare.py.
+    decode shows [MASK] and [WRONG] as visible glyphs."""
+    meta = read_meta(dataset)
+    if meta is None:
+        raise UserError(f"no tokenizer metadata at {os.path.join(DATA_DIR, dataset, 'meta.json')}: "
+                        f"run python data/{dataset}/prepare.py first")
     vocab_size = meta['vocab_size']
-    specials = {vocab_size: MASK_GLYPH, vocab_size + 1: WRONG_GLYPH}
+    if meta['tokenizer'] == 'bpe':
+        return bpe_tokenizer(dataset, vocab_size)
     if meta['tokenizer'] == 'char':
         itos = meta['itos']
         stoi = {ch: i for i, ch in enumerate(itos)}
@@ -233,8 +239,65 @@ def load_tokenizer(dataset):
             if unknown:
                 raise UserError(f"characters {''.join(unknown)!r} are not in the {dataset} vocabulary: remove or replace them")
             return [stoi[c] for c in text]
-
-        def decode(ids):
-            return ''.join(specials[i] if i >= vocab_size else itos[i] for i in ids)
-        return encode, decode
+        return encode, with_glyphs(lambda ids: ''.join(itos[i] for i in ids), vocab_size)
     return gpt2_tokenizer(vocab_size)
+
+
+# ----------------------------------------------------------------------------
+# dataset metadata, the trained BPE and characters per token
+
+def read_meta(dataset):
+    """data/<dataset>/meta.json as a dict, or None if the dataset has none."""
+    path = os.path.join(DATA_DIR, dataset, 'meta.json')
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def with_glyphs(decode, vocab_size):
+    """decode (ids -> text) extended to a diffusion model's ids: [MASK] and [WRONG]
+    (vocab_size and vocab_size + 1) shown as MASK_GLYPH and WRONG_GLYPH. The ordinary ids
+    between them are decoded as whole runs: in a BPE, one character can span tokens."""
+    glyphs = {vocab_size: MASK_GLYPH, vocab_size + 1: WRONG_GLYPH}
+
+    def decode_with_glyphs(ids):
+        out, run = [], []
+        for i in ids:
+            if i >= vocab_size:
+                out += [decode(run), glyphs[i]]
+                run = []
+            else:
+                run.append(i)
+        return ''.join(out + [decode(run)])
+    return decode_with_glyphs
+
+
+def bpe_tokenizer(dataset, vocab_size):
+    """(encode, decode) of the byte-level BPE in data/<dataset>/tokenizer.json (HuggingFace
+    tokenizers, written by data/shakespeare_bpe/prepare.py); decode shows ids from
+    vocab_size on as glyphs."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise UserError(f"the {dataset} dataset is tokenized by a BPE of HuggingFace tokenizers: pip install tokenizers") from None
+    path = os.path.join(DATA_DIR, dataset, 'tokenizer.json')
+    if not os.path.isfile(path):
+        raise UserError(f"no BPE tokenizer at {path}: run python data/shakespeare_bpe/prepare.py --out_dir=data/{dataset} "
+                        f"--vocab_size={vocab_size} (the same text gives the same BPE)")
+    tokenizer = Tokenizer.from_file(path)
+    return (lambda text: tokenizer.encode(text).ids), with_glyphs(tokenizer.decode, vocab_size)
+
+
+def chars_per_token(dataset, split):
+    """Characters per token of a split of a prepared dataset, from its meta.json: 1.0 for
+    a char dataset, None when unknown (no meta.json, or no counts in it). A loss in nats
+    per token divided by this is nats per character, comparable across tokenizers."""
+    meta = read_meta(dataset)
+    if meta is None:
+        return None
+    if meta['tokenizer'] == 'char':
+        return 1.0
+    if 'chars' not in meta:
+        return None
+    return meta['chars'][split] / meta['tokens'][split]

@@ -299,10 +299,11 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x[:, :t]) # the noisy half only, in a two-stream pass
 
         if self.config.model_type == 'diffusion':
-            logits = self.lm_head(x)
-            # add the bias to the [MASK] column without an in-place write (autograd-safe)
-            bias = F.one_hot(torch.tensor(self.config.mask_token_id, device=device), self.config.vocab_size)
-            return logits + bias.to(logits.dtype) * self.mask_logit_bias.to(logits.dtype), None
+            # float32 logits (every consumer needs them so) plus the bias on the [MASK] column, without
+            # an in-place write (autograd-safe) and without a tensor made from a Python int on the host
+            # (a blocking copy to the GPU at every pass)
+            is_mask = torch.arange(self.config.vocab_size, device=device) == self.config.mask_token_id
+            return self.lm_head(x).float() + is_mask * self.mask_logit_bias.float(), None
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -399,10 +400,12 @@ class GPT(nn.Module):
 
     def estimate_mfu(self, fwdbwd_per_iter, dt):
         """Model flops utilization in units of A100 bf16 peak FLOPS (312 TFLOPS), per the
-        PaLM paper Appendix B."""
+        PaLM paper Appendix B. A block diffusion model trains on rows of 2T positions (the
+        noisy and the clean text side by side), each attending over 2T keys."""
         N = self.get_num_params()
         cfg = self.config
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd//cfg.n_head, cfg.block_size
+        L, H, Q = cfg.n_layer, cfg.n_head, cfg.n_embd//cfg.n_head
+        T = cfg.block_size * (2 if self.denoising_block else 1)
         flops_per_token = 6*N + 12*L*H*Q*T
         flops_per_iter = flops_per_token * T * fwdbwd_per_iter
         flops_achieved = flops_per_iter * (1.0/dt)

@@ -60,7 +60,7 @@ diffusion_block = 0 # diffusion: tokens denoised together (block diffusion); att
 loss_type = 'seed' # 'seed': [MASK] + random tokens -> [WRONG], task-weighted; 'elbo': mask-only, ELBO-weighted
 noise_schedule = 'linear' # elbo: fraction masked at time t, 'linear' (t) or 'cosine' (1 - cos(pi t / 2))
 loss_weighting = 'elbo' # elbo objective: 'elbo' (each masked CE weighted m'(t)/m(t), the bound itself) or 'token_mean' (mean CE over a row's masked positions: lower variance)
-mask_rate_min = 0.0 # elbo: training draws mask rates only in [mask_rate_min, mask_rate_max] (BD3-LM's clipping); the reported bound always uses the full range
+mask_rate_min = 0.0 # training draws mask rates (elbo) or corruption rates (seed) only in [mask_rate_min, mask_rate_max] (BD3-LM's clipping); the reported bound always uses the full range
 mask_rate_max = 1.0
 guaranteed_correct_factor = 0.0 # seed: at most 1 - this fraction of a row is corrupted
 penalty_mask_correct = 0.5 # seed: final weight of keeping a correct token right (destructive-edit penalty)
@@ -68,6 +68,8 @@ masking_warmup_iters = 1000 # seed: iterations over which that penalty ramps fro
 proofreading_warmup_iters = 1000 # seed: iterations over which the random-token ([WRONG]) share ramps from 0 to 1
 weight_unmask_task = 1.0 # seed: weight of filling in a [MASK]
 weight_remask_task = 1.0 # seed: weight of flagging a random token as [WRONG]
+wrong_share = 1.0 # seed: final remask_ratio; on average wrong_share/2 of the corruption is random tokens to flag as [WRONG]
+seed_normalise = 'positions' # seed: 'positions' (one mean over every position) or 'tasks' (per row, each task's mean over its own positions)
 reward_correct_unmask = 0.1 # seed: smallest weight of an un-masking position the model already gets right
 # [MASK] logit-bias controller
 target_mask_prob = 0.5 # the mean p([MASK]) at masked positions the controller steers toward
@@ -107,6 +109,7 @@ require_range('mask_bias_limit', mask_bias_limit, low=0, low_open=True)
 for key in ('beta1', 'beta2', 'guaranteed_correct_factor'):
     require_range(key, globals()[key], low=0, high=1, high_open=True)
 require_range('reward_correct_unmask', reward_correct_unmask, low=0, high=1)
+require_range('wrong_share', wrong_share, low=0, high=1)
 require_range('target_mask_prob', target_mask_prob, low=0, high=1, low_open=True, high_open=True)
 require_range('mask_rate_min', mask_rate_min, low=0, high=1)
 require_range('mask_rate_max', mask_rate_max, low=0, high=1)
@@ -117,6 +120,7 @@ require_choice('model_type', model_type, ('gpt2', 'diffusion'))
 require_choice('loss_type', loss_type, ('seed', 'elbo'))
 require_choice('noise_schedule', noise_schedule, ('linear', 'cosine'))
 require_choice('loss_weighting', loss_weighting, ('elbo', 'token_mean'))
+require_choice('seed_normalise', seed_normalise, ('positions', 'tasks'))
 require_choice('backend', backend, ('auto', 'nccl', 'gloo'))
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, dropout=dropout,
                   pos_encoding=pos_encoding, time_conditioning=time_conditioning, tie_embeddings=tie_embeddings,
@@ -148,7 +152,7 @@ elif init_from != 'scratch':
 require(not wandb_log or importlib.util.find_spec('wandb') is not None,
         "wandb_log=True needs the wandb package: pip install wandb, or set --wandb_log=False")
 for split in ('train', 'val'):
-    split_path(dataset, split) # the data is there (it is read later)
+    split_path(dataset, split, block_size + 1) # the data is there, one window at least (it is read later)
 
 # various inits, derived attributes, I/O setup
 ddp = int(os.environ.get('RANK', -1)) != -1 # is this a ddp run?
@@ -180,6 +184,7 @@ else:
 tokens_per_iter = total_rows * block_size
 if master_process:
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
+    print(f"device {device} x {ddp_world_size}, dtype {dtype}" + (", GradScaler on" if dtype == 'float16' else ''))
     os.makedirs(out_dir, exist_ok=True)
 torch.manual_seed(seed + seed_offset)
 
@@ -245,11 +250,28 @@ scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-    data_generator.set_state(checkpoint['rng']['data'][seed_offset].cpu())
-    noise_generator.set_state(checkpoint['rng']['noise'][seed_offset].cpu())
-    torch.set_rng_state(checkpoint['rng']['torch'][seed_offset].cpu())
-    if device_type == 'cuda' and checkpoint['rng'].get('cuda') is not None:
-        torch.cuda.set_rng_state(checkpoint['rng']['cuda'][seed_offset].cpu())
+    if 'scaler' in checkpoint:
+        scaler.load_state_dict(checkpoint['scaler'])
+    rng = checkpoint['rng']
+    saved_on = (rng.get('device_type', 'cpu'), len(rng['data']))
+    if saved_on == (device_type, ddp_world_size):
+        # the same streams, continued: the run goes on as if it had never stopped
+        data_generator.set_state(rng['data'][seed_offset].cpu())
+        noise_generator.set_state(rng['noise'][seed_offset].cpu())
+        torch.set_rng_state(rng['torch'][seed_offset].cpu())
+        if device_type == 'cuda' and rng.get('cuda') is not None:
+            torch.cuda.set_rng_state(rng['cuda'][seed_offset].cpu())
+    else:
+        # a generator's state belongs to its device kind, and each rank had its own: on another
+        # device kind or number of processes, every stream restarts from (seed, iteration, rank),
+        # so the run continues with fresh batches and noise, reproducibly but not bit for bit
+        reseed = seed + seed_offset + 1_000_003 * iter_num
+        data_generator.manual_seed(reseed)
+        noise_generator.manual_seed(reseed + 1000)
+        torch.manual_seed(reseed)
+        if master_process:
+            print(f"resuming on {device_type} x {ddp_world_size} a checkpoint saved on {saved_on[0]} x {saved_on[1]}: "
+                  f"random streams re-derived from seed {seed}, iteration {iter_num} and rank")
 checkpoint = None # free up memory
 
 # compile the model
@@ -275,8 +297,10 @@ def model_loss(x, y, generator, it):
         inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(
             rows, generator, mask_id, noise_schedule, max(mask_rate_min, 1e-3), mask_rate_max)
     else:
-        penalty, remask_ratio = diffusion.get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters)
-        inputs, targets, noise_level = diffusion.corrupt(rows, generator, mask_id, wrong_id, guaranteed_correct_factor, remask_ratio)
+        penalty, remask_ratio = diffusion.get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters,
+                                                                   proofreading_warmup_iters, wrong_share)
+        inputs, targets, noise_level = diffusion.corrupt(rows, generator, mask_id, wrong_id, guaranteed_correct_factor,
+                                                         remask_ratio, mask_rate_min, mask_rate_max)
     with ctx:
         # noise_level is per block row: only time conditioning reads it, and block models have none
         logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x)
@@ -285,7 +309,8 @@ def model_loss(x, y, generator, it):
         loss, stats = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id, loss_weighting)
     else:
         loss, stats = diffusion.task_weighted_loss(logits, inputs, targets, noise_level, mask_id, wrong_id,
-                                                   weight_unmask_task, weight_remask_task, penalty, reward_correct_unmask)
+                                                   weight_unmask_task, weight_remask_task, penalty, reward_correct_unmask,
+                                                   seed_normalise)
     stats['p_mask'], stats['logit_gap'] = diffusion.mask_statistics(logits, inputs, mask_id, raw_model.mask_logit_bias)
     return loss, stats
 
@@ -343,16 +368,24 @@ def save():
     raw_model.config.mask_logit_bias = raw_model.mask_logit_bias.item() # generation applies the same bias
     rng = {'data': gather_states(data_generator.get_state()), 'noise': gather_states(noise_generator.get_state()),
            'torch': gather_states(torch.get_rng_state()),
-           'cuda': gather_states(torch.cuda.get_rng_state()) if device_type == 'cuda' else None}
+           'cuda': gather_states(torch.cuda.get_rng_state()) if device_type == 'cuda' else None,
+           'device_type': device_type} # the noise generator's state only fits this device kind
     if master_process:
         print(f"saving checkpoint to {out_dir}")
         save_checkpoint({'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
-                         'model_args': asdict(raw_model.config), 'iter_num': iter_num,
+                         'scaler': scaler.state_dict(), 'model_args': asdict(raw_model.config), 'iter_num': iter_num,
                          'best_val_loss': best_val_loss, 'config': config, 'rng': rng}, out_dir)
 
 
 def stop_if_nonfinite(nonfinite):
+    """Stop every process, with the same one line, if any process saw a NaN/inf loss: a
+    decision one rank took alone would leave the others waiting in the next all-reduce."""
+    if ddp:
+        nonfinite = nonfinite.float() # gloo reduces no bools
+        dist.all_reduce(nonfinite)
     if nonfinite.item():
+        if ddp:
+            dist.destroy_process_group()
         raise UserError(f"the loss became NaN/inf before iteration {iter_num}: lower learning_rate or use dtype=float32; "
                         f"the last good checkpoint in {out_dir} was kept")
 
@@ -449,11 +482,14 @@ while True:
         eta = elapsed / (iter_num - iter_start) * (max_iters - iter_num)
         line = (f"iter {iter_num}: loss {lossf:.4f}, time {dt*1000:.2f}ms, {tokens_per_iter / dt:,.0f} tok/s, "
                 f"mfu {running_mfu*100:.2f}%, eta {eta / 60:.1f}min")
+        if device_type == 'cuda':
+            line += f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f}GiB"
         if diffusion_mode:
             line += ' | ' + ', '.join(f"{k} {v.item():.3f}" for k, v in stat_sums.items())
             line += f", bias {raw_model.mask_logit_bias.item():.3f}"
             if loss_type == 'seed':
-                penalty, remask_ratio = diffusion.get_corruption_scheduler(iter_num, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters)
+                penalty, remask_ratio = diffusion.get_corruption_scheduler(iter_num, penalty_mask_correct, masking_warmup_iters,
+                                                                           proofreading_warmup_iters, wrong_share)
                 line += f", penalty {penalty:.2f}, remask_ratio {remask_ratio:.2f}"
         print(line)
 

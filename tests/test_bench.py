@@ -1,7 +1,9 @@
 """bench.py end to end on tiny checkpoints (random-init ones saved in train.py's format, and a
 block diffusion model trained by train.py for two iterations) and the tiny char dataset of
 conftest.py, with tiny settings."""
+import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -9,8 +11,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
+import diffusion
 from conftest import ROOT
-from loading import save_checkpoint
+from loading import get_batch, load_checkpoint, load_split, model_from_checkpoint, save_checkpoint
 from model import GPT, GPTConfig
 
 TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=False, dropout=0.0)
@@ -35,14 +38,16 @@ def save_tiny(out_dir, dataset, vocab, model_type, loss_type='seed', pos_encodin
 def checkpoints(tiny_dataset, tmp_path_factory, run_train, tiny_args):
     name, meta = tiny_dataset
     root = tmp_path_factory.mktemp('bench')
-    # a trained block diffusion model (BD3-LM, blocks of 4 tokens): train.py's own checkpoint
+    # a trained block diffusion model (BD3-LM, blocks of 4 tokens): train.py's own checkpoint, its
+    # evals on the val batches of the bench run below (eval_batches=1, batch_size=2)
     r = run_train(*tiny_args, '--model_type=diffusion', '--loss_type=elbo', '--diffusion_block=4', '--max_iters=2',
-                  '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2', f"--out_dir={root / 'block'}")
+                  '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2', '--batch_size=2', '--eval_iters=1',
+                  f"--out_dir={root / 'block'}")
     assert r.returncode == 0, r.stderr[-3000:]
     return dict(ar=save_tiny(root / 'ar', name, meta['vocab_size'], 'gpt2', pos_encoding='learned'),
                 seed=save_tiny(root / 'seed', name, meta['vocab_size'], 'diffusion', 'seed'),
                 elbo=save_tiny(root / 'elbo', name, meta['vocab_size'], 'diffusion', 'elbo'),
-                block=str(root / 'block'), root=root)
+                block=str(root / 'block'), root=root, block_log=r.stdout, ar_dataset=name)
 
 
 def run_bench(*args):
@@ -62,14 +67,20 @@ SAMPLERS = ('refine', 'confidence', 'confidence+wrong', 'ancestral', 'left_to_ri
 MATCH_TOLERANCE = 0.05 # the tests' band: wide, since 2 samples of 12 tokens give a noisy entropy
 
 
-def test_bench_end_to_end(checkpoints):
+@pytest.fixture(scope='module')
+def bench(checkpoints):
+    """One bench.py run on the tiny checkpoints: (CompletedProcess, results.md text, out folder)."""
     out = checkpoints['root'] / 'results'
     r = run_bench(f"--ar_dir={checkpoints['ar']}", f"--diffusion_dirs={checkpoints['seed']},{checkpoints['elbo']},"
                   f"{checkpoints['block']}", f'--out={out}', '--num_samples=2', '--sample_length=12', '--step_counts=2,4',
                   f"--samplers={','.join(SAMPLERS)}", '--match_step_counts=4', '--match_tries=3', f'--match_tolerance={MATCH_TOLERANCE}', '--eval_batches=1',
                   '--batch_size=2', '--proofread_rates=0.1,0.25', '--proofread_steps=2', '--speed_iters=1')
     assert r.returncode == 0, r.stderr
-    results = (out / 'results.md').read_text(encoding='utf-8')
+    return r, (out / 'results.md').read_text(encoding='utf-8'), out
+
+
+def test_bench_end_to_end(bench):
+    r, results, out = bench
     assert table(results, 'Validation loss')[0][:6] == ['model', 'diffusion block', 'objective', 'nats/token',
                                                         'bits/token', 'vs AR']
     assert [row[:3] for row in table(results, 'Validation loss')[1:]] == [
@@ -135,6 +146,40 @@ def test_bench_end_to_end(checkpoints):
         assert all((out / f).is_file() for f in ('sample_quality.png', 'matched_diversity.png', 'proofreading.png'))
     except ImportError:
         assert 'matplotlib is not installed' in r.stdout
+
+
+def test_validation_loss_values(bench, checkpoints):
+    """The likelihood table: the AR NLL and every bound recomputed here on the same batches and noise
+    seeds, bits = nats / ln 2, `vs AR` = bound / AR NLL; and the block model's bound is train.py's
+    last `val bound` of the same checkpoint."""
+    _, results, _ = bench
+    rows = {row[0]: row for row in table(results, 'Validation loss')[1:]}
+    seed = 1337 # bench.py's default
+
+    def batches(model):
+        g = torch.Generator().manual_seed(seed)
+        return [get_batch(load_split(checkpoints['ar_dataset'], 'val'), 2, model.config.block_size, g, 'cpu')]
+
+    ar = model_from_checkpoint(load_checkpoint(checkpoints['ar'])).eval()
+    with torch.no_grad():
+        ar_nll = sum(ar(x, y)[1].item() for x, y in batches(ar)) / len(batches(ar))
+    expected = {'ar': ar_nll}
+    for name in ('seed', 'elbo', 'block'):
+        checkpoint = load_checkpoint(checkpoints[name])
+        model = model_from_checkpoint(checkpoint).eval()
+        expected[name] = diffusion.elbo_bound(model, [x for x, _ in batches(model)], model.config.mask_token_id,
+                                              model.denoising_block or model.config.block_size,
+                                              checkpoint['config']['noise_schedule'], torch.Generator().manual_seed(seed + 1))
+    for name, nats in expected.items():
+        row = rows[name]
+        assert float(row[3]) == pytest.approx(nats, abs=6e-5)
+        assert float(row[4]) == pytest.approx(float(row[3]) / math.log(2), abs=2e-4) # bits per token
+        assert float(row[5]) == pytest.approx(nats / ar_nll, abs=6e-4) # vs AR: above 1 when worse than AR
+    evals = re.findall(r'val loss ([\d.]+), .*val bound ([\d.]+) nats/token', checkpoints['block_log'])
+    assert len(evals) == 2 and rows['block'][3] == evals[-1][1]
+    # trained on the bound itself: train.py's val loss (the training pass, two-stream) equals its val bound
+    # (elbo_bound) at every eval: both see each noisy block next to the clean blocks before it
+    assert all(loss == bound for loss, bound in evals)
 
 
 @pytest.mark.parametrize('args, message', [

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,7 +50,8 @@ CASES = [
     # train.py: this machine, and the files it needs
     pytest.param('train.py', ['--device=cuda'], "device='cuda' is not available",
                  marks=pytest.mark.skipif(not NO_CUDA, reason='this machine has CUDA')),
-    ('train.py', ['--dtype=float16'], "dtype='float16' has no effect on cpu"),
+    ('train.py', ['--dtype=float16'], "dtype='float16' needs a GPU (its GradScaler is CUDA's): on the CPU use --dtype=bfloat16"),
+    ('train.py', ['--dataset={short}'], "train.bin holds 0 tokens, fewer than the 33 needed (block_size + 1)"),
     ('train.py', ['--out_dir={file}'], 'is a file: give the folder for checkpoints'),
     # sample.py
     ('sample.py', ['--out_dir={ar}', '--init_from=gpt2-small'], "init_from must be 'resume' or a GPT-2 model"),
@@ -58,6 +60,7 @@ CASES = [
                  marks=pytest.mark.skipif(not NO_MPS, reason='this machine has MPS')),
     # generate_diffusion.py
     ('generate_diffusion.py', ['--out_dir={diff}', '--proofread='], '--proofread is empty'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--start=FILE:{latin1}'], '--start: {latin1} is not UTF-8 text (byte 2)'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--commit=greedy'], "commit must be 'schedule', 'threshold' or 'entropy'"),
     ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=refine', '--commit=threshold'], '--commit works with the confidence sampler'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=confidence', '--commit=threshold', '--threshold=0'],
@@ -96,7 +99,8 @@ def run_script(script, *args):
 @pytest.fixture(scope='module')
 def places(tmp_path_factory, tiny_dataset, tiny_args, run_train):
     """{name: path} of the placeholders in CASES: a checkpoint of a 2-iteration train.py run
-    ({ar}), a tiny diffusion checkpoint in train.py's format ({diff}) and the files."""
+    ({ar}), a tiny diffusion checkpoint in train.py's format ({diff}), the files, and {short}, a
+    dataset under data/ whose train.bin is empty and whose val.bin holds 5 tokens."""
     root = tmp_path_factory.mktemp('errors')
     ar = root / 'ar'
     r = run_train(*tiny_args, '--max_iters=2', '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2',
@@ -113,7 +117,14 @@ def places(tmp_path_factory, tiny_dataset, tiny_args, run_train):
     (root / 'plain.txt').write_text("not a folder\n")
     (root / 'empty.txt').write_text("")
     (root / 'latin1.txt').write_bytes("Sc\u00e8ne premi\u00e8re\n".encode('latin-1'))
-    return dict(ar=ar, diff=diff, tmp=root, file=root / 'plain.txt', empty=root / 'empty.txt', latin1=root / 'latin1.txt')
+    short = ROOT / 'data' / f'{tiny_dataset[0]}_short'
+    short.mkdir()
+    shutil.copy(ROOT / 'data' / tiny_dataset[0] / 'meta.json', short / 'meta.json')
+    (short / 'train.bin').write_bytes(b'')
+    np.arange(5, dtype=np.uint16).tofile(short / 'val.bin')
+    yield dict(ar=ar, diff=diff, tmp=root, file=root / 'plain.txt', empty=root / 'empty.txt', latin1=root / 'latin1.txt',
+               short=short.name)
+    shutil.rmtree(short)
 
 
 @pytest.mark.parametrize('script, args, message', CASES)
@@ -142,7 +153,7 @@ def test_shipped_configs_pass_the_validation(monkeypatch):
     """The validation step of train.py accepts every config in config/ (the data need not be there)."""
     source = (ROOT / 'train.py').read_text()
     head = source[:source.index('# various inits')] # the defaults, the configuration and its validation
-    monkeypatch.setattr(loading, 'split_path', lambda dataset, split: None)
+    monkeypatch.setattr(loading, 'split_path', lambda *args: None)
     monkeypatch.chdir(ROOT) # configs exec() others by a path relative to the repo root
     configs = sorted((ROOT / 'config').glob('*.py'))
     assert configs

@@ -1,0 +1,400 @@
+"""What the samplers write, pass by pass, with a stand-in model whose logits are known: the
+positions each order and commit rule commits, the [WRONG] paths (remask='wrong',
+'low_confidence', refine_sample), the noise level a time-conditioned model is fed, the
+windows and KV cache of generate() when the context slides, and the proofreading mode of
+generate_diffusion.py."""
+import re
+import runpy
+import sys
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import diffusion
+import loading
+from conftest import ROOT
+from model import GPT, GPTConfig
+
+V = 10 # base vocabulary
+MASK, WRONG = V, V + 1
+# the logit of the word proposed at positions 0..7 (word j % V at position j): the surest proposal
+# is at 5, then 1, 3, 7, 4, 0, 2, 6. Confidence e^s / (e^s + 9): 0.997, 0.978, 0.943, 0.859, 0.691,
+# 0.451, 0.332, 0.232; entropy over the words: 0.027, 0.153, 0.345, 0.719, 1.299, 1.895, 2.103, 2.229
+WORD = [2.0, 6.0, 1.5, 5.0, 3.0, 8.0, 1.0, 4.0]
+FIXED = (1, 5) # the fixed tokens of the second row: its two surest positions
+
+
+class Denoiser(torch.nn.Module):
+    """A diffusion model with known logits. At absolute position j (pos_offset + index): the
+    word j % V has logit word[j] and every other word 0; [MASK] has logit defer[j]; [WRONG]
+    has logit doubt[j] where the input is a written token, and -30 at a [MASK]. It records
+    the input and the noise level of every pass."""
+
+    def __init__(self, word=WORD, defer=None, doubt=None, block=0):
+        super().__init__()
+        n = len(word)
+        self.word = torch.tensor(word)
+        self.defer = torch.full((n,), -30.0) if defer is None else torch.tensor(defer)
+        self.doubt = torch.full((n,), -30.0) if doubt is None else torch.tensor(doubt)
+        self.config = SimpleNamespace(model_type='diffusion', mask_token_id=MASK, wrong_token_id=WRONG,
+                                      block_size=n, diffusion_block=block)
+        self.denoising_block = block if 0 < block < n else None
+        self.inputs, self.noise_levels = [], []
+
+    def forward(self, idx, noise_level=None, kv_cache=None, pos_offset=0, store=None, clean=None):
+        self.inputs.append(idx.clone())
+        self.noise_levels.append(noise_level.clone())
+        B, t = idx.shape
+        pos = torch.arange(pos_offset, pos_offset + t)
+        logits = torch.zeros(B, t, V + 2)
+        logits[:, torch.arange(t), pos % V] = self.word[pos]
+        logits[..., MASK] = self.defer[pos]
+        logits[..., WRONG] = torch.where(idx == MASK, -30.0, self.doubt[pos])
+        return logits, None
+
+
+def two_rows():
+    """Row 0 all masked; row 1 with its two surest positions given (token 9)."""
+    x = torch.full((2, len(WORD)), MASK)
+    x[1, list(FIXED)] = 9
+    return x
+
+
+def trajectory(sample_fn, model, x, *args, **kwargs):
+    """(per pass: per row, the set of non-fixed positions written after it), tokens, passes."""
+    fixed = x != MASK
+    written = []
+    tokens, passes = sample_fn(model, x, *args, on_step=lambda step, t: written.append(
+        [set(torch.nonzero(row).flatten().tolist()) for row in (t != MASK) & ~fixed]), **kwargs)
+    return written, tokens, passes
+
+
+def cumulative(*per_pass):
+    """The written sets after each pass, from the sets each pass adds."""
+    out, done = [], set()
+    for new in per_pass:
+        done = done | new
+        out.append(done)
+    return out
+
+
+def check_words(x, tokens):
+    """Every written position holds its greedy word (j % V), every fixed one its given token."""
+    words = torch.arange(x.size(1)).expand_as(x) % V
+    assert torch.equal(tokens, torch.where(x == MASK, words, x))
+
+
+# ----------------------------------------------------------------------------
+# commit='schedule': which positions, per order
+
+# per pass, the positions a row commits (linear: 2, 2, 2, 2 of 8 and 2, 2, 1, 1 of 6;
+# cosine: 1, 2, 3, 2 of 8 and 1, 2, 2, 1 of 6)
+SCHEDULED = {
+    ('confidence', 'linear'): ([{5, 1}, {3, 7}, {4, 0}, {2, 6}], [{3, 7}, {4, 0}, {2}, {6}]),
+    ('confidence', 'cosine'): ([{5}, {1, 3}, {7, 4, 0}, {2, 6}], [{3}, {7, 4}, {0, 2}, {6}]),
+    ('left_to_right', 'linear'): ([{0, 1}, {2, 3}, {4, 5}, {6, 7}], [{0, 2}, {3, 4}, {6}, {7}]),
+    ('left_to_right', 'cosine'): ([{0}, {1, 2}, {3, 4, 5}, {6, 7}], [{0}, {2, 3}, {4, 6}, {7}]),
+}
+
+
+@pytest.mark.parametrize('order, schedule', SCHEDULED)
+def test_scheduled_orders_commit_these_positions(order, schedule):
+    x = two_rows()
+    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 4, schedule=schedule,
+                                         order=order, temperature=0)
+    assert passes == 4
+    assert [w[0] for w in written] == cumulative(*SCHEDULED[order, schedule][0])
+    assert [w[1] for w in written] == cumulative(*SCHEDULED[order, schedule][1])
+    check_words(x, tokens)
+
+
+def test_default_commits_the_surest_first():
+    """The defaults: order 'confidence' on a cosine schedule."""
+    written, tokens, _ = trajectory(diffusion.confidence_sample, Denoiser(), two_rows(), 4, temperature=0)
+    assert [w[0] for w in written] == cumulative(*SCHEDULED['confidence', 'cosine'][0])
+    assert [w[1] for w in written] == cumulative(*SCHEDULED['confidence', 'cosine'][1])
+
+
+def test_random_order_ignores_the_confidence():
+    """MDLM's ancestral order: every masked position is as likely to go first, whatever the
+    model's confidence; fixed positions are never chosen; the generator decides."""
+    x = torch.full((800, len(WORD)), MASK)
+    x[400:, list(FIXED)] = 9
+    def first_pass(seed):
+        written, tokens, _ = trajectory(diffusion.confidence_sample, Denoiser(), x, 4, schedule='linear',
+                                        order='random', temperature=0, generator=torch.Generator().manual_seed(seed))
+        check_words(x, tokens)
+        return torch.tensor([[j in w for j in range(len(WORD))] for w in written[0]])
+    first = first_pass(0)
+    assert (first[:400].sum(1) == 2).all() and (first[400:].sum(1) == 2).all() # linear: 2 of 8, 2 of 6
+    assert not first[400:, list(FIXED)].any()
+    # 2 of 8 positions: each one first in a quarter of the rows (std 0.022), the least sure as often as the surest
+    assert torch.allclose(first[:400].float().mean(0), torch.full((8,), 0.25), atol=0.08)
+    others = [j for j in range(len(WORD)) if j not in FIXED] # 2 of 6
+    assert torch.allclose(first[400:, others].float().mean(0), torch.full((6,), 1 / 3), atol=0.09)
+    assert not torch.equal(first, first_pass(1))
+
+
+# ----------------------------------------------------------------------------
+# the adaptive commit rules: their own choice, whatever the order
+
+ORDERS = ['confidence', 'random', 'left_to_right']
+
+
+@pytest.mark.parametrize('order', ORDERS)
+def test_threshold_commits_the_sure_proposals_or_the_surest(order):
+    # above 0.9: positions 5, 1, 3 (row 1: only 3); then the surest one per pass
+    x = two_rows()
+    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 10, commit='threshold',
+                                         threshold=0.9, order=order, temperature=0,
+                                         generator=torch.Generator().manual_seed(0))
+    assert passes == 6
+    assert [w[0] for w in written] == cumulative({5, 1, 3}, {7}, {4}, {0}, {2}, {6})
+    assert [w[1] for w in written] == cumulative({3}, {7}, {4}, {0}, {2}, {6})
+    check_words(x, tokens)
+    # the cap: whatever is left goes at the last allowed pass
+    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 3, commit='threshold',
+                                         threshold=0.9, order=order, temperature=0)
+    assert passes == 3 and [w[0] for w in written] == cumulative({5, 1, 3}, {7}, {4, 0, 2, 6})
+    check_words(x, tokens)
+
+
+@pytest.mark.parametrize('order', ORDERS)
+def test_entropy_commits_the_lowest_entropies_within_the_budget(order):
+    x = two_rows()
+    # budget 2 nats: 0.027 + 0.153 + 0.345 + 0.719 = 1.24 fits, + 1.299 does not; then one by one
+    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 10, commit='entropy',
+                                         entropy_budget=2.0, order=order, temperature=0,
+                                         generator=torch.Generator().manual_seed(0))
+    assert passes == 5
+    assert [w[0] for w in written] == cumulative({5, 1, 3, 7}, {4}, {0}, {2}, {6})
+    assert [w[1] for w in written] == cumulative({3, 7}, {4}, {0}, {2}, {6}) # 0.345 + 0.719 + 1.299 > 2
+    check_words(x, tokens)
+    # a budget below the lowest entropy left: still one per pass
+    written, _, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 10, commit='entropy',
+                                    entropy_budget=0.6, order=order, temperature=0)
+    assert passes == 6 and [w[0] for w in written] == cumulative({5, 1, 3}, {7}, {4}, {0}, {2}, {6})
+
+
+# ----------------------------------------------------------------------------
+# [WRONG]: self-correction in the samplers
+
+def test_remask_wrong_sends_doubted_tokens_back():
+    """The model doubts the token at position 5 whenever it is written: it goes back to [MASK]
+    at the next pass and is written again, but never at the last pass, and never when fixed."""
+    doubt, defer = [-30.0] * 8, [-30.0] * 8
+    doubt[5], defer[5] = 20.0, 25.0 # [MASK] is no verdict on a written token: [WRONG] beats every word
+    x = two_rows()
+    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(doubt=doubt, defer=defer), x, 4,
+                                         schedule='linear', remask='wrong', temperature=0)
+    assert passes == 4
+    # pass 2 commits 3 and 7 and sends 5 back; pass 3 writes 5 again (3 of the 5 masked), pass 4 the rest
+    assert [w[0] for w in written] == [{1, 5}, {1, 3, 7}, {0, 1, 3, 4, 5, 7}, set(range(8))]
+    assert [w[1] for w in written] == cumulative({3, 7}, {4, 0}, {2}, {6}) # 5 is fixed: kept
+    check_words(x, tokens)
+
+
+def test_remask_low_confidence_trades_doubted_tokens_for_better_proposals():
+    """ReMDM-like: written tokens compete with the proposals. The token at 5 is doubted once
+    written (its word against [WRONG]: probability ~0), so pass 2 keeps the 4 surest of the
+    written tokens and proposals, which leaves 5 out; pass 3 writes it back."""
+    doubt = [-30.0] * 8
+    doubt[5] = 20.0
+    x = two_rows()
+    written, tokens, _ = trajectory(diffusion.confidence_sample, Denoiser(doubt=doubt), x, 4, schedule='linear',
+                                    remask='low_confidence', temperature=0)
+    assert [w[0] for w in written] == [{1, 5}, {1, 3, 4, 7}, {0, 1, 3, 4, 5, 7}, set(range(8))]
+    assert [w[1] for w in written] == cumulative({3, 7}, {4, 0}, {2}, {6})
+    check_words(x, tokens)
+
+
+def test_refine_defers_at_mask_and_rewrites_at_wrong():
+    """Greedy refine: position 2 samples [MASK] (defer) at every step; position 6 is written,
+    then flagged [WRONG] and sent back, then written again; the final pass fills both."""
+    defer, doubt = [-30.0] * 8, [-30.0] * 8
+    defer[2], doubt[6] = 20.0, 20.0
+    x = two_rows()
+    x[1, 6] = 9 # a fixed token the model doubts is kept
+    model = Denoiser(defer=defer, doubt=doubt)
+    written, tokens, passes = trajectory(diffusion.refine_sample, model, x, max_steps=4, temperature=0)
+    assert passes == 5 == len(model.inputs)
+    most = {0, 1, 3, 4, 5, 7}
+    assert [w[0] for w in written] == [most | {6}, most, most | {6}, most, set(range(8))]
+    assert [w[1] for w in written] == [most - {1, 5}] * 4 + [{0, 2, 3, 4, 7}]
+    check_words(x, tokens)
+
+
+# ----------------------------------------------------------------------------
+# the noise level fed to a time-conditioned model: the fraction of the row still masked
+
+def test_samplers_feed_the_masked_fraction():
+    model = Denoiser()
+    diffusion.confidence_sample(model, two_rows(), 4, schedule='linear', temperature=0)
+    assert torch.stack(model.noise_levels).T.tolist() == [[1.0, 0.75, 0.5, 0.25], [0.75, 0.5, 0.25, 0.125]]
+    defer = [-30.0] * 8
+    defer[2] = 20.0
+    model = Denoiser(defer=defer)
+    diffusion.refine_sample(model, two_rows(), max_steps=2, temperature=0)
+    assert torch.stack(model.noise_levels).T.tolist() == [[1.0, 0.125, 0.125], [0.75, 0.125, 0.125]]
+    for idx, level in zip(model.inputs, model.noise_levels):
+        assert torch.equal(level, (idx == MASK).float().mean(1))
+
+
+def test_evaluations_feed_their_noise_levels():
+    x = torch.randint(V, (6, 8), generator=torch.Generator().manual_seed(0))
+    model = Denoiser()
+    diffusion.masked_val_loss(model, [x], MASK, 0.25, torch.Generator().manual_seed(0))
+    assert model.noise_levels[0].tolist() == [0.25] * 6
+    assert ((model.inputs[0] == MASK).sum(1) == 2).all()
+    model = Denoiser()
+    diffusion.elbo_bound(model, [x], MASK, 8, 'linear', torch.Generator().manual_seed(3))
+    m = diffusion.corrupt_mask_only(x, torch.Generator().manual_seed(3), MASK, 'linear')[4]
+    assert torch.equal(model.noise_levels[0], m) # the row's m(t), the expected masked fraction
+
+
+def test_time_conditioned_model_sees_the_masked_fraction():
+    """A real GPT with time conditioning: the sampler's passes equal direct forward passes at
+    the masked fraction of each row."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(model_type='diffusion', n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=V + 2,
+                          mask_token_id=MASK, wrong_token_id=WRONG, pos_encoding='rope', time_conditioning=True)).eval()
+    x = two_rows()
+    seen = []
+    forward = model.forward
+    def recorded(idx, **kwargs):
+        logits, loss = forward(idx, **kwargs)
+        seen.append((idx, logits))
+        return logits, loss
+    model.forward = recorded
+    diffusion.confidence_sample(model, x, 3, temperature=0)
+    for idx, logits in seen:
+        expected, _ = forward(idx, noise_level=(idx == MASK).float().mean(1))
+        assert torch.equal(logits, expected)
+    assert not torch.equal(forward(x, noise_level=torch.zeros(2))[0], forward(x, noise_level=torch.ones(2))[0])
+
+
+# ----------------------------------------------------------------------------
+# generate(): windows of a full-sequence model, the KV cache of a block model when the context slides
+
+def test_full_sequence_windows_slide_by_half():
+    """Past block_size (16), windows of 16 tokens end every 8 tokens; each one's first half is
+    the text written so far, its second half the masks to write."""
+    model = Denoiser(word=[float(j % 5 + 1) for j in range(16)])
+    x = torch.full((2, 40), MASK)
+    spans = []
+    y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=2, temperature=0,
+                                   on_step=lambda step, tokens, span, cached: spans.append(span))
+    assert spans == [(0, 16)] * 2 + [(8, 24)] * 2 + [(16, 32)] * 2 + [(24, 40)] * 2 and passes == 8
+    firsts = model.inputs[::2] # the first pass of each window
+    assert all(idx.shape == (2, 16) for idx in model.inputs)
+    assert (firsts[0] == MASK).all()
+    for idx in firsts[1:]:
+        assert not (idx[:, :8] == MASK).any() and (idx[:, 8:] == MASK).all()
+    # each window writes its second half: the words of window positions 8..15
+    pos = torch.arange(40)
+    assert torch.equal(y, torch.where(pos < 16, pos, 8 + pos % 8).expand(2, 40) % V)
+
+
+def tiny_block_model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(model_type='diffusion', n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=V + 2,
+                         mask_token_id=MASK, wrong_token_id=WRONG, pos_encoding='rope', diffusion_block=8)).eval()
+
+
+def test_block_cache_follows_the_sliding_context():
+    """75 tokens with blocks of 8 and a context of 32: each block is written seeing the 24
+    tokens before it (the last 3 blocks, once the context slides), exactly as an uncached pass
+    over that window computes it; a block costs exactly its sampler's passes."""
+    model = tiny_block_model()
+    x = torch.full((3, 75), MASK)
+    x[:, :5] = torch.arange(5)
+    x[1, 40:44] = 7
+    calls = []
+    forward = model.forward
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get('pos_offset', 0))
+        return forward(*args, **kwargs)
+    model.forward = counted
+    y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=3, temperature=0)
+    model.forward = forward
+    assert passes == len(calls) == 3 * 10 # 10 blocks, 3 passes each: the cache rides along
+    reference = x.clone()
+    for s in range(0, 75, 8):
+        e, window = min(s + 8, 75), max(0, s + 8 - 32)
+        written, _ = diffusion.confidence_sample(model, reference[:, window:e], 3, temperature=0)
+        reference[:, s:e] = written[:, s - window:]
+    assert torch.equal(y, reference)
+
+
+# ----------------------------------------------------------------------------
+# generate_diffusion.py: the sampling it names, and proofreading
+
+@pytest.fixture(scope='module')
+def script_checkpoints(tiny_dataset, tmp_path_factory):
+    """{block: folder} of tiny random diffusion checkpoints on the tiny dataset: full sequence (0)
+    and blocks of 8."""
+    name, meta = tiny_dataset
+    dirs = {}
+    for block in (0, 8):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(model_type='diffusion', n_layer=1, n_head=2, n_embd=16, block_size=32,
+                              vocab_size=meta['vocab_size'] + 2, mask_token_id=meta['vocab_size'],
+                              wrong_token_id=meta['vocab_size'] + 1, pos_encoding='rope', diffusion_block=block))
+        dirs[block] = tmp_path_factory.mktemp(f'block{block}')
+        loading.save_checkpoint({'model': model.state_dict(), 'model_args': asdict(model.config),
+                                 'config': {'dataset': name}}, dirs[block])
+    return dirs
+
+
+def run_generate(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, 'argv', ['generate_diffusion.py', '--device=cpu', *args])
+    runpy.run_path(str(ROOT / 'generate_diffusion.py'), run_name='__main__')
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize('block, order', [(0, 'random'), (8, 'left_to_right')])
+def test_generate_diffusion_samples_with_the_options_it_names(script_checkpoints, tiny_dataset, tmp_path, monkeypatch,
+                                                              capsys, block, order):
+    """order=auto picks `order` for the model; the samples are diffusion.generate's with the
+    script's options and seed, and no other order gives them."""
+    prompt = ''.join(tiny_dataset[1]['itos'][-2:]) # two letters
+    out = run_generate(monkeypatch, capsys, f'--out_dir={script_checkpoints[block]}', f'--start={prompt}', '--length=40',
+                       '--steps=3', '--schedule=linear', '--temperature=1.0', '--num_samples=2',
+                       f'--output={tmp_path / "s.txt"}')
+    assert f'(confidence, order {order}, commit schedule): ' in out
+    samples = (tmp_path / 's.txt').read_text(encoding='utf-8').split('\n---------------\n')[:-1]
+    encode, _ = loading.load_tokenizer(tiny_dataset[0])
+    model, _ = loading.load_model(str(script_checkpoints[block]), 'cpu', 'diffusion', 'test')
+    x = torch.tensor(encode(prompt) + [model.config.mask_token_id] * 38).expand(2, 40)
+    def sample(order):
+        return diffusion.generate(model, x, diffusion.confidence_sample, steps=3, schedule='linear', order=order,
+                                  temperature=1.0, generator=torch.Generator().manual_seed(1337))[0]
+    assert [encode(s) for s in samples] == sample(order).tolist()
+    assert all(not torch.equal(sample(other), sample(order)) for other in ORDERS if other != order)
+
+
+def test_generate_diffusion_proofread_rewrites_the_flagged_tokens(script_checkpoints, tiny_dataset, tmp_path,
+                                                                 monkeypatch, capsys):
+    name, meta = tiny_dataset
+    encode, decode = loading.load_tokenizer(name)
+    ids = [i for i, c in enumerate(meta['itos']) if c != '\n'][:20] # one line of text
+    text = decode(ids)
+    flagged_at = [3, 7, 12]
+    def flags_at(model, tokens, fixed=None): # the detector's verdict, so that the rewrite can be checked
+        flags = torch.zeros_like(tokens, dtype=torch.bool)
+        flags[:, flagged_at] = True
+        return flags
+    monkeypatch.setattr(diffusion, 'wrong_flags', flags_at)
+    out = run_generate(monkeypatch, capsys, f'--out_dir={script_checkpoints[0]}', f'--proofread={text}', '--steps=2',
+                       '--num_samples=3', f'--output={tmp_path / "s.txt"}')
+    shown = ''.join(loading.WRONG_GLYPH if i in flagged_at else c for i, c in enumerate(text))
+    assert f"flagged 3 of 20 tokens as [WRONG] (shown as {loading.WRONG_GLYPH}):\n{shown}\n" in out
+    samples = (tmp_path / 's.txt').read_text(encoding='utf-8').split('\n---------------\n')[:-1]
+    assert len(samples) == 3
+    for sample in samples:
+        written = encode(sample)
+        assert len(written) == 20 and all(written[i] == ids[i] for i in range(20) if i not in flagged_at)
+    # 3 masks in 2 cosine passes, after the detection pass; 3 samples x 3 tokens written
+    assert re.search(r'3 samples of 20 tokens \(confidence, order random, commit schedule\): 3 forward passes', out)
