@@ -1,19 +1,23 @@
 """
-The benchmark: autoregressive and diffusion checkpoints (full-sequence or block diffusion)
-trained on the same data, measured side by side on fixed seeds. Writes results.md
-(markdown tables), samples.txt and PNG plots to --out, and prints the tables as it goes:
+The benchmark: autoregressive and diffusion checkpoints (full-sequence or block diffusion),
+measured side by side on fixed seeds. Writes results.md (markdown tables), samples.txt and
+PNG plots to --out, and prints the tables as it goes:
 $ python bench.py --ar_dir=out-shakespeare-ar-cpu \\
     --diffusion_dirs=out-shakespeare-diffusion-elbo-cpu,out-shakespeare-block-cpu
+The models may be trained on different datasets (tokenizers, e.g. characters and a BPE):
+every loss is given per token and per character, which compares across tokenizers.
 1. validation loss: the AR NLL; every diffusion model's ELBO bound and masked CE;
-2. sample quality at a fixed temperature: NLL under an AR judge next to entropy and
-   repetition, for AR sampling and for each diffusion model x sampler x step count;
+2. sample quality at a fixed temperature: NLL per character under an AR judge (which
+   re-encodes the text with its own tokenizer) next to entropy and repetition, for AR
+   sampling and for each diffusion model x sampler x step count;
 3. sample quality at matched diversity (the headline): each generator's temperature is
    searched until the unigram entropy of its samples is that of real text, and only
    then is its judge NLL compared;
 4. proofreading: [WRONG] detection of random substitutions, and the error rate before
-   and after proofread();
+   and after proofread(), against an AR detector (a threshold on the probability of each
+   token given the text before it) that rewrites what it flags with its argmax;
 5. speed: training ms/iteration and tokens/s of AR, full-sequence and block diffusion
-   models of one size; generation tokens/s at batch 1 and in a batch.
+   models of one size; generation tokens/s and characters/s at batch 1 and in a batch.
 Everything but the timings is the same on every run with the same seed and device.
 """
 
@@ -21,6 +25,7 @@ import functools
 import itertools
 import math
 import os
+import re
 import time
 from dataclasses import asdict
 
@@ -29,14 +34,17 @@ import torch
 
 from configurator import UserError, configure, parse_list, require_range
 import diffusion
-from loading import get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint, setup_device, timed
-from metrics import char_error_rate, detection_prf, judge_nll, repetition, substitute_tokens, unigram_entropy
+from loading import (chars_per_token, get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint,
+                     read_meta, setup_device, timed)
+from metrics import (best_threshold, char_error_rate, detection_prf, judge_nll_per_char, judge_token_nlls, repetition,
+                     substitute_tokens, unigram_entropy)
 from model import GPT, GPTConfig
 from progress import progress
 
 # -----------------------------------------------------------------------------
-ar_dir = 'out-shakespeare-ar-cpu' # the autoregressive checkpoint: the AR baseline
-judge_dir = '' # the AR checkpoint that scores samples; '' = ar_dir
+ar_dir = 'out-shakespeare-ar-cpu' # the autoregressive checkpoint: the AR baseline (`vs AR`)
+extra_ar_dirs = '' # more AR checkpoints, comma-separated, measured like ar_dir (e.g. on another tokenizer)
+judge_dir = '' # the AR checkpoint that scores samples (on any dataset: it re-encodes the text); '' = ar_dir
 diffusion_dirs = 'out-shakespeare-diffusion-cpu,out-shakespeare-diffusion-elbo-cpu' # comma-separated diffusion checkpoints
 out = 'out-bench' # folder for results.md, samples.txt and the plots
 device = 'auto' # 'auto' (cuda > mps > cpu), or 'cpu', 'cuda', 'cuda:0', 'mps'
@@ -69,6 +77,7 @@ proofread_steps = 8 # confidence_sample steps that rewrite the flagged tokens
 proofread_temperature = 0.0 # 0 = argmax: a correction should be the likeliest word
 # speed
 speed_iters = 10 # timed training iterations per model, after 2 untimed ones
+speed_block_passes = '4,2' # denoising passes per block at which every block model's generation is timed, comma-separated
 # -----------------------------------------------------------------------------
 configure(globals())
 # -----------------------------------------------------------------------------
@@ -79,10 +88,12 @@ if not out or os.path.isfile(out):
 
 
 diffusion_dirs = parse_list(diffusion_dirs, str.strip, 'diffusion_dirs')
+extra_ar_dirs = parse_list(extra_ar_dirs, str.strip, 'extra_ar_dirs') if extra_ar_dirs else []
 samplers = parse_list(samplers, str.strip, 'samplers')
 step_counts = parse_list(step_counts, int, 'step_counts')
 match_step_counts = parse_list(match_step_counts, int, 'match_step_counts')
 proofread_rates = parse_list(proofread_rates, float, 'proofread_rates')
+speed_block_passes = parse_list(speed_block_passes, int, 'speed_block_passes')
 judge_dir = judge_dir or ar_dir
 # every diffusion sampler: (function of diffusion.py, its options); all run through diffusion.generate
 sampler_fns = {'refine': (diffusion.refine_sample, {}),
@@ -96,10 +107,12 @@ adaptive = ('threshold', 'entropy') # samplers whose step count is only a cap
 if set(samplers) - set(sampler_fns):
     raise UserError(f"unknown samplers {sorted(set(samplers) - set(sampler_fns))}: "
                     f"choose from {', '.join(sampler_fns)}")
-if len(set(map(os.path.normpath, diffusion_dirs))) < len(diffusion_dirs):
-    raise UserError(f"diffusion_dirs names a checkpoint twice: {diffusion_dirs}")
-if min(step_counts + match_step_counts) < 1:
-    raise UserError(f"step_counts and match_step_counts must be positive, got {step_counts} and {match_step_counts}")
+generator_dirs = [ar_dir, *extra_ar_dirs, *diffusion_dirs]
+if len(set(map(os.path.normpath, generator_dirs))) < len(generator_dirs):
+    raise UserError(f"ar_dir, extra_ar_dirs and diffusion_dirs name a checkpoint twice: {generator_dirs}")
+if min(step_counts + match_step_counts + speed_block_passes) < 1:
+    raise UserError(f"step_counts, match_step_counts and speed_block_passes must be positive, got {step_counts}, "
+                    f"{match_step_counts} and {speed_block_passes}")
 if not all(0 <= r < 1 for r in proofread_rates):
     raise UserError(f"proofread_rates must be fractions in [0, 1), got {proofread_rates}")
 if temperature <= 0:
@@ -122,7 +135,7 @@ def load(out_dir, model_type, key):
     found = checkpoint['model_args'].get('model_type', 'gpt2')
     if found != model_type:
         raise UserError(f"{key}: {out_dir} holds a '{found}' model, not a '{model_type}' one: "
-                        f"pass it in {'diffusion_dirs' if found == 'diffusion' else 'ar_dir or judge_dir'}")
+                        f"pass it in {'diffusion_dirs' if found == 'diffusion' else 'ar_dir, extra_ar_dirs or judge_dir'}")
     return model_from_checkpoint(checkpoint, device).eval(), checkpoint
 
 
@@ -146,41 +159,53 @@ def block_label(model):
 
 
 # checkpoints are named by their folder in the tables, or by their path if two folders share a name
-paths = list(dict.fromkeys(os.path.normpath(d) for d in [ar_dir, judge_dir, *diffusion_dirs]))
+paths = list(dict.fromkeys(os.path.normpath(d) for d in [ar_dir, judge_dir, *extra_ar_dirs, *diffusion_dirs]))
 short = {p: os.path.basename(p) for p in paths}
 names = short if len(set(short.values())) == len(paths) else {p: p for p in paths}
-ar_name = names[os.path.normpath(ar_dir)]
-ar_model, ar_ckpt = load(ar_dir, 'gpt2', 'ar_dir')
+# (name, model, checkpoint) of every AR generator, the baseline first, and of every diffusion model
+ar_models = [(names[os.path.normpath(d)], *load(d, 'gpt2', key))
+             for d, key in [(ar_dir, 'ar_dir')] + [(d, 'extra_ar_dirs') for d in extra_ar_dirs]]
+ar_name, ar_model, ar_ckpt = ar_models[0]
 judge, judge_ckpt = (ar_model, ar_ckpt) if judge_dir == ar_dir else load(judge_dir, 'gpt2', 'judge_dir')
-# (name, model, checkpoint) of every diffusion model
 models = [(names[os.path.normpath(d)], *load(d, 'diffusion', 'diffusion_dirs')) for d in diffusion_dirs]
-by_name = {ar_name: ar_model, **{name: model for name, model, _ in models}} # every generator's model
-dataset = ar_ckpt['config']['dataset']
-vocab = ar_model.config.vocab_size
-for key, name, model, checkpoint in [('judge_dir', judge_dir, judge, judge_ckpt)] + [('diffusion_dirs', *m) for m in models]:
+by_name = {name: model for name, model, _ in ar_models + models} # every generator's model
+dataset_of = {name: checkpoint['config']['dataset'] for name, _, checkpoint in ar_models + models}
+datasets = list(dict.fromkeys(dataset_of.values()))
+vocab_of = {} # dataset: (its token ids, below [MASK] and [WRONG] of a diffusion model; the first model that has them)
+for name, model, checkpoint in ar_models + models:
     base = model.config.mask_token_id if model.config.model_type == 'diffusion' else model.config.vocab_size
-    if checkpoint['config']['dataset'] != dataset or base != vocab:
-        raise UserError(f"{key}: {name} was trained on '{checkpoint['config']['dataset']}' ({base} tokens) but {ar_dir} "
-                        f"on '{dataset}' ({vocab} tokens): compare models of one dataset")
+    vocab, first_name = vocab_of.setdefault(dataset_of[name], (base, name))
+    if base != vocab:
+        raise UserError(f"{name} has {base} token ids but {first_name}, on the same dataset '{dataset_of[name]}', has "
+                        f"{vocab}: the models of one dataset must share its vocabulary")
+vocab_of = {d: vocab for d, (vocab, _) in vocab_of.items()}
 max_length = min(m.config.block_size for _, m, _ in models)
 if not max(2, repetition_n) <= sample_length <= max_length:
     raise UserError(f"sample_length={sample_length} must be between {max(2, repetition_n)} and {max_length} "
                     "(the smallest block_size of the diffusion models)")
-L = sample_length
-val_data = load_split(dataset, 'val')
-decode = load_tokenizer(dataset)[1]
+L = sample_length # tokens of each generator's own tokenizer
+val_data = {d: load_split(d, 'val') for d in datasets}
+cpt = {d: chars_per_token(d, 'val') for d in datasets} # None when the dataset does not count its characters
+judge_dataset = judge_ckpt['config']['dataset']
+decoders = {d: load_tokenizer(d)[1] for d in datasets}
+judge_encode, judge_decode = load_tokenizer(judge_dataset)
+judge_meta = read_meta(judge_dataset)
+# a char judge has no token for a character its training text lacked, which a BPE can write (any byte):
+# such characters are dropped before scoring, and counted
+unknown_to_judge = re.compile(f"[^{re.escape(''.join(judge_meta['itos']))}]") if judge_meta['tokenizer'] == 'char' else None
 os.makedirs(out, exist_ok=True)
 # timings are only meaningful on an otherwise idle machine: say how busy it was
 busy = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, 'getloadavg') else ''
 report = ["# nanoGPT-diffusion benchmark\n",
-          f"dataset `{dataset}`, device `{device}` ({dtype}), {os.cpu_count()} CPU cores{busy}, seed {seed}, "
-          f"torch {torch.__version__}. "
+          f"datasets {', '.join(f'`{d}`' for d in datasets)}, judge on `{judge_dataset}`, device `{device}` ({dtype}), "
+          f"{os.cpu_count()} CPU cores{busy}, seed {seed}, torch {torch.__version__}. "
           f"Settings: eval_batches={eval_batches}, batch_size={batch_size}, num_samples={num_samples}, "
           f"sample_length={L}, samplers={','.join(samplers)}, step_counts={','.join(map(str, step_counts))}, "
           f"threshold={threshold}, entropy_budget={entropy_budget}, temperature={temperature}, "
           f"match_step_counts={','.join(map(str, match_step_counts))}, match_tolerance={match_tolerance}, "
           f"temperatures [{min_temperature}, {max_temperature}], match_tries={match_tries}, "
-          f"proofread_steps={proofread_steps}, speed_iters={speed_iters}.\n"]
+          f"proofread_steps={proofread_steps}, speed_iters={speed_iters}, "
+          f"speed_block_passes={','.join(map(str, speed_block_passes))}.\n"]
 
 
 def section(title, notes, header, rows):
@@ -192,53 +217,83 @@ def section(title, notes, header, rows):
     report.extend(lines)
 
 
-def val_batches(block_size):
-    """The same eval_batches val batches (fixed seed) for every model of one block_size."""
-    g = torch.Generator().manual_seed(seed)
-    return [get_batch(val_data, batch_size, block_size, g, device) for _ in range(eval_batches)]
+def val_batches(dataset, block_size, batch_seed=seed):
+    """The same eval_batches val batches of a dataset (fixed seed) for every model of one block_size."""
+    g = torch.Generator().manual_seed(batch_seed)
+    return [get_batch(val_data[dataset], batch_size, block_size, g, device) for _ in range(eval_batches)]
 
 
 def fmt(v, digits=3):
-    return f"{v:.{digits}f}"
+    return '-' if v is None else f"{v:.{digits}f}"
 
 
-section('Models', [], ['checkpoint', 'type', 'diffusion block', 'objective', 'iterations', 'parameters', 'block_size',
-                       'positions'],
-        [[name, m.config.model_type, block_label(m), 'next token' if m is ar_model else objective(c), c['iter_num'],
-          f"{m.get_num_params():,}", m.config.block_size, m.config.pos_encoding]
-         for name, m, c in [(ar_name, ar_model, ar_ckpt)] + models])
+def per_char(nats, dataset):
+    """A loss in nats per token of a dataset's val text, in nats per character; None when the
+    dataset does not count its characters."""
+    return None if cpt[dataset] is None else nats / cpt[dataset]
+
+
+section('Models', [], ['checkpoint', 'type', 'dataset', 'chars/token', 'diffusion block', 'objective', 'iterations',
+                       'parameters', 'block_size', 'positions'],
+        [[name, m.config.model_type, dataset_of[name], fmt(cpt[dataset_of[name]]), block_label(m),
+          'next token' if m.config.model_type == 'gpt2' else objective(c), c['iter_num'], f"{m.get_num_params():,}",
+          m.config.block_size, m.config.pos_encoding]
+         for name, m, c in ar_models + models])
 
 # -----------------------------------------------------------------------------
 # 1. validation loss
 print("validation losses...", flush=True)
 fractions = (0.15, 0.5, 0.9)
+losses = {} # name: (val NLL or bound in nats/token, [masked CE per fraction])
 with torch.no_grad(), ctx:
-    ar_loss = np.mean([ar_model(x, y)[1].item() for x, y in val_batches(ar_model.config.block_size)])
-rows = [[ar_name, '-', 'next token', fmt(ar_loss, 4), fmt(ar_loss / math.log(2), 4), '1.000'] + ['-'] * len(fractions)]
+    for name, model, _ in ar_models:
+        losses[name] = np.mean([model(x, y)[1].item() for x, y in val_batches(dataset_of[name], model.config.block_size)]), []
 for name, model, checkpoint in progress(models, 'validation loss', 'model'):
     mask_id = model.config.mask_token_id
-    batches = [x for x, _ in val_batches(model.config.block_size)]
+    batches = [x for x, _ in val_batches(dataset_of[name], model.config.block_size)]
     bound = diffusion.elbo_bound(model, batches, mask_id, model.denoising_block or model.config.block_size,
                                  checkpoint['config'].get('noise_schedule', 'linear'),
                                  torch.Generator(device=device).manual_seed(seed + 1), ctx)
-    masked_ce = [fmt(diffusion.masked_val_loss(model, batches, mask_id, fraction,
-                                               torch.Generator(device=device).manual_seed(seed + 2), ctx))
-                 for fraction in fractions]
-    rows.append([name, block_label(model), objective(checkpoint), fmt(bound, 4), fmt(bound / math.log(2), 4),
-                 fmt(bound / ar_loss)] + masked_ce)
+    losses[name] = bound, [diffusion.masked_val_loss(model, batches, mask_id, fraction,
+                                                     torch.Generator(device=device).manual_seed(seed + 2), ctx)
+                           for fraction in fractions]
+ar_loss = losses[ar_name][0]
+
+
+def vs_ar(nats, dataset):
+    """A loss (nats/token of a dataset) relative to the AR baseline's val NLL, per character so that
+    tokenizers compare (on the baseline's own dataset: per token, the same ratio); None when a
+    dataset does not count its characters."""
+    if dataset == dataset_of[ar_name]:
+        return nats / ar_loss
+    mine, base = per_char(nats, dataset), per_char(ar_loss, dataset_of[ar_name])
+    return None if mine is None or base is None else mine / base
+
+
+rows = []
+for name, model, checkpoint in ar_models + models:
+    (loss, masked_ce), data = losses[name], dataset_of[name]
+    masked_ce = masked_ce or [None] * len(fractions) # an AR model has no masked CE
+    loss_char = per_char(loss, data)
+    rows.append([name, block_label(model), 'next token' if model.config.model_type == 'gpt2' else objective(checkpoint),
+                 fmt(loss, 4), fmt(loss / math.log(2), 4), fmt(loss_char, 4),
+                 fmt(None if loss_char is None else loss_char / math.log(2), 4), fmt(vs_ar(loss, data))]
+                + [fmt(ce) for ce in masked_ce] + [fmt(None if ce is None else per_char(ce, data)) for ce in masked_ce])
 section('Validation loss', [
-    f"{eval_batches} val batches of {batch_size} rows of each model's block_size (fixed seed).",
+    f"{eval_batches} val batches of {batch_size} rows of each model's block_size (fixed seed) of its own dataset.",
     "AR: mean next-token NLL. Diffusion: diffusion.elbo_bound, the continuous-time ELBO of masked diffusion over "
     "the full range of noise levels t (one t per row, or per block of a block model: stratified, fixed seed; a block "
     "is denoised seeing the clean blocks before it). It is an upper bound on the NLL for any denoiser, in nats per "
     "token like the AR loss, so it is reported for every model, whatever its objective; it is tight only for a "
     "model trained on it (`elbo`; `token_mean` weighting and a clipped range of mask rates train on a reweighting "
-    "of it, a `seed`-trained model never saw mask-only inputs at every t). `vs AR` = bound / AR NLL (1 would be AR's "
-    "likelihood). Diffusion block: tokens denoised together (BD3-LM), `full` = the whole sequence. Masked CE: mean "
-    "CE over the words at exactly 15/50/90 % masked positions (the fill-in-the-blank loss, comparable across "
-    "objectives)."],
-    ['model', 'diffusion block', 'objective', 'nats/token', 'bits/token', 'vs AR']
-    + [f"masked CE {int(f * 100)}%" for f in fractions], rows)
+    "of it, a `seed`-trained model never saw mask-only inputs at every t). Per character: nats/token divided by the "
+    "characters per token of the dataset's val split (its meta.json; `-` where it has no counts), the unit that "
+    f"compares tokenizers. `vs AR` = loss / the val NLL of {ar_name}, per character when the datasets differ (1 "
+    "would be AR's likelihood). Diffusion block: tokens denoised together (BD3-LM), `full` = the whole sequence. "
+    "Masked CE: mean CE over the words at exactly 15/50/90 % masked positions (the fill-in-the-blank loss, "
+    "comparable across objectives), per token, then per character."],
+    ['model', 'diffusion block', 'objective', 'nats/token', 'bits/token', 'nats/char', 'bits/char', 'vs AR']
+    + [f"masked CE {int(f * 100)}%" for f in fractions] + [f"masked CE/char {int(f * 100)}%" for f in fractions], rows)
 
 # -----------------------------------------------------------------------------
 # 2. sample quality: every generator (AR, or a diffusion model and a sampler) writes num_samples

@@ -251,8 +251,11 @@ def read_meta(dataset):
     path = os.path.join(DATA_DIR, dataset, 'meta.json')
     if not os.path.isfile(path):
         return None
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e: # json's errors are ValueErrors
+        raise UserError(f"{path} is not valid JSON ({type(e).__name__}): prepare the dataset again to rewrite it") from None
 
 
 def with_glyphs(decode, vocab_size):

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError, configure, require, require_choice, require_range
 import diffusion
-from loading import (checkpoint_path, dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint,
+from loading import (checkpoint_path, chars_per_token, dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint,
                      save_checkpoint, setup_device, split_path)
 from model import GPT, GPTConfig
 
@@ -153,6 +153,7 @@ require(not wandb_log or importlib.util.find_spec('wandb') is not None,
         "wandb_log=True needs the wandb package: pip install wandb, or set --wandb_log=False")
 for split in ('train', 'val'):
     split_path(dataset, split, block_size + 1) # the data is there, one window at least (it is read later)
+val_chars_per_token = chars_per_token(dataset, 'val') # reads meta.json; nats/char = nats/token / this
 
 # various inits, derived attributes, I/O setup
 ddp = int(os.environ.get('RANK', -1)) != -1 # is this a ddp run?
@@ -422,6 +423,8 @@ while True:
             if diffusion_mode:
                 extra = (f", masked val CE 15/50/90%: {losses['masked15']:.4f}/{losses['masked50']:.4f}/{losses['masked90']:.4f}"
                          f", val bound {losses['bound']:.4f} nats/token = {losses['bound'] / math.log(2):.4f} bits/token")
+            if val_chars_per_token not in (None, 1.0): # the bound (diffusion) or the val loss (AR) per character
+                extra += f" = {losses['bound' if diffusion_mode else 'val'] / val_chars_per_token:.4f} nats/char"
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{extra}")
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,

@@ -51,6 +51,7 @@ CASES = [
     pytest.param('train.py', ['--device=cuda'], "device='cuda' is not available",
                  marks=pytest.mark.skipif(not NO_CUDA, reason='this machine has CUDA')),
     ('train.py', ['--dtype=float16'], "dtype='float16' needs a GPU (its GradScaler is CUDA's): on the CPU use --dtype=bfloat16"),
+    ('train.py', ['--dataset={badmeta}'], "meta.json is not valid JSON (JSONDecodeError): prepare the dataset again"),
     ('train.py', ['--dataset={short}'], "train.bin holds 0 tokens, fewer than the 33 needed (block_size + 1)"),
     ('train.py', ['--out_dir={file}'], 'is a file: give the folder for checkpoints'),
     # sample.py
@@ -100,7 +101,8 @@ def run_script(script, *args):
 def places(tmp_path_factory, tiny_dataset, tiny_args, run_train):
     """{name: path} of the placeholders in CASES: a checkpoint of a 2-iteration train.py run
     ({ar}), a tiny diffusion checkpoint in train.py's format ({diff}), the files, and {short}, a
-    dataset under data/ whose train.bin is empty and whose val.bin holds 5 tokens."""
+    dataset under data/ whose train.bin is empty and whose val.bin holds 5 tokens, and {badmeta}, one
+    whose meta.json is cut short."""
     root = tmp_path_factory.mktemp('errors')
     ar = root / 'ar'
     r = run_train(*tiny_args, '--max_iters=2', '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2',
@@ -122,9 +124,13 @@ def places(tmp_path_factory, tiny_dataset, tiny_args, run_train):
     shutil.copy(ROOT / 'data' / tiny_dataset[0] / 'meta.json', short / 'meta.json')
     (short / 'train.bin').write_bytes(b'')
     np.arange(5, dtype=np.uint16).tofile(short / 'val.bin')
+    badmeta = ROOT / 'data' / f'{tiny_dataset[0]}_badmeta'
+    shutil.copytree(ROOT / 'data' / tiny_dataset[0], badmeta)
+    (badmeta / 'meta.json').write_text('{"tokenizer": "char", "vocab_size": ')
     yield dict(ar=ar, diff=diff, tmp=root, file=root / 'plain.txt', empty=root / 'empty.txt', latin1=root / 'latin1.txt',
-               short=short.name)
+               short=short.name, badmeta=badmeta.name)
     shutil.rmtree(short)
+    shutil.rmtree(badmeta)
 
 
 @pytest.mark.parametrize('script, args, message', CASES)

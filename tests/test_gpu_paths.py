@@ -4,6 +4,8 @@ training with gloo where a GPU machine would use NCCL: a block model, a resume o
 number of processes, and a NaN on one rank only."""
 import math
 import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -222,3 +224,25 @@ def test_nan_on_one_rank_stops_every_rank(run_train_ranks, tiny_args, tmp_path, 
                               '--eval_interval=100', f'--out_dir={tmp_path / "run"}', world_size=2, timeout=120)
     lines = [one_line_error(r) for r in results] # no hang (the timeout), no traceback on either rank
     assert lines[0] == lines[1] and 'NaN' in lines[0] and 'before iteration 1' in lines[0]
+
+
+def test_gpu_check_runs_its_steps_on_the_cpu(tiny_args, tiny_dataset, tmp_path):
+    """gpu_check.py, as a smoke test on the CPU with a tiny model: the training and generation
+    tables come out with a row per run, from the logs of real runs."""
+    small = ' '.join(a for a in tiny_args if a not in ('--device=cpu', '--log_interval=1')) + ' --warmup_iters=2 --compile=False'
+    r = subprocess.run([sys.executable, 'gpu_check.py', '--device=cpu', '--iters=20', '--kinds=ar,block',
+                        '--samplers=refine,threshold', f'--out_root={tmp_path}/out', f'--log_dir={tmp_path}/logs',
+                        f'--train_args={small}'], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = {line.split(' | ')[0] + ' | ' + line.split(' | ')[1]: line for line in r.stdout.splitlines() if line.startswith('| ')}
+    assert re.search(r"\| ar \| float32 \| [\d.]+ \| [\d,]+ \| [-\d.]+ \| nan \| val loss [\d.]+ \|", r.stdout)
+    assert re.search(r"\| block \| float32 \| .* \| val bound [\d.]+ \|", r.stdout)
+    assert {'| ar | autoregressive, KV cache', '| block | refine', '| block | threshold'} <= set(rows)
+
+
+def test_gpu_check_needs_a_gpu():
+    r = subprocess.run([sys.executable, 'gpu_check.py'], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU')
+    assert one_line_error(r) == ("error: gpu_check.py needs a CUDA GPU: none is visible (use --device=cpu for a "
+                                 "smoke test of the steps)")

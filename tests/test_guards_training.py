@@ -3,6 +3,7 @@ bound and the masked val CE of a block model computed block by block with its cl
 the KV cache, checkpoints written atomically and read without running code, and the context
 the AR judge gets."""
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -119,6 +120,40 @@ def test_loading_a_checkpoint_runs_no_code(tmp_path):
     with pytest.raises(loading.UserError, match='cannot be read'):
         loading.load_checkpoint(str(tmp_path))
     assert not marker.exists()
+
+
+def seed_val_loss(out_dir, it):
+    """train.py's val loss of a full-sequence seed-objective checkpoint, recomputed: its eval
+    batches and noise seeds, the curriculum at iteration it."""
+    checkpoint = loading.load_checkpoint(str(out_dir))
+    cfg, model = checkpoint['config'], loading.model_from_checkpoint(checkpoint).eval()
+    mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
+    val = loading.load_split(cfg['dataset'], 'val')
+    batches, noise = torch.Generator().manual_seed(cfg['seed']), torch.Generator().manual_seed(cfg['seed'] + 1)
+    penalty, remask_ratio = diffusion.get_corruption_scheduler(it, cfg['penalty_mask_correct'], cfg['masking_warmup_iters'],
+                                                               cfg['proofreading_warmup_iters'])
+    losses = []
+    for _ in range(cfg['eval_iters']):
+        x, _ = loading.get_batch(val, cfg['batch_size'], cfg['block_size'], batches, 'cpu')
+        inputs, targets, rate = diffusion.corrupt(x, noise, mask_id, wrong_id, cfg['guaranteed_correct_factor'], remask_ratio)
+        with torch.no_grad():
+            logits, _ = model(inputs, noise_level=rate, clean=x)
+        losses.append(diffusion.task_weighted_loss(logits, inputs, targets, rate, mask_id, wrong_id, cfg['weight_unmask_task'],
+                                                   cfg['weight_remask_task'], penalty, cfg['reward_correct_unmask'])[0])
+    return torch.stack(losses).mean().item()
+
+
+@pytest.mark.slow
+def test_seed_objective_is_evaluated_at_the_end_of_its_curriculum(training_runs, run_iters):
+    """The seed run's last eval (iteration 6, mid-way through its 8-iteration proofreading ramp)
+    uses the corruption of the finished curriculum, so evals stay comparable along the run."""
+    out_dir, r = training_runs('seed')['straight']
+    cfg = loading.load_checkpoint(str(out_dir))['config']
+    end = max(cfg['max_iters'], cfg['masking_warmup_iters'], cfg['proofreading_warmup_iters'])
+    assert run_iters < end
+    val_loss = float(re.search(rf'^step {run_iters}: train loss [\d.]+, val loss ([\d.]+)', r.stdout, re.M)[1])
+    assert val_loss == pytest.approx(seed_val_loss(out_dir, end), abs=6e-5)
+    assert val_loss != pytest.approx(seed_val_loss(out_dir, run_iters), abs=1e-3)
 
 
 class ContextJudge(torch.nn.Module):
