@@ -43,7 +43,7 @@ ELBO_ROWS = {
     'untied': ("untied embeddings (std 0.02)", {'tie_embeddings': False}),
     'untied_n01': ("untied, N(0,1) embeddings", {'tie_embeddings': False, 'embedding_init_std': 1.0}),
     'bias': ("biases in Linear and LayerNorm", {'bias': True}),
-    'reference': ("untied, N(0,1), biases (the first reference model of the README's position table)",
+    'reference': ("untied, N(0,1), biases (the reference run of docs/results.md)",
                   {'tie_embeddings': False, 'embedding_init_std': 1.0, 'bias': True}),
     'time_cond': ("time conditioning", {'time_conditioning': True}),
     'lr_2e-3': ("learning rate 2e-3 (min 2e-4) instead of 1e-3", {'learning_rate': 2e-3, 'min_lr': 2e-4}),

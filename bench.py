@@ -107,9 +107,10 @@ adaptive = ('threshold', 'entropy') # samplers whose step count is only a cap
 if set(samplers) - set(sampler_fns):
     raise UserError(f"unknown samplers {sorted(set(samplers) - set(sampler_fns))}: "
                     f"choose from {', '.join(sampler_fns)}")
-generator_dirs = [ar_dir, *extra_ar_dirs, *diffusion_dirs]
-if len(set(map(os.path.normpath, generator_dirs))) < len(generator_dirs):
-    raise UserError(f"ar_dir, extra_ar_dirs and diffusion_dirs name a checkpoint twice: {generator_dirs}")
+# (a checkpoint in both lists is of the wrong kind in one: load() says which)
+for key, dirs in (('diffusion_dirs', diffusion_dirs), ('ar_dir and extra_ar_dirs', [ar_dir, *extra_ar_dirs])):
+    if len(set(map(os.path.normpath, dirs))) < len(dirs):
+        raise UserError(f"{key} name a checkpoint twice: {dirs}")
 if min(step_counts + match_step_counts + speed_block_passes) < 1:
     raise UserError(f"step_counts, match_step_counts and speed_block_passes must be positive, got {step_counts}, "
                     f"{match_step_counts} and {speed_block_passes}")
@@ -171,14 +172,12 @@ models = [(names[os.path.normpath(d)], *load(d, 'diffusion', 'diffusion_dirs')) 
 by_name = {name: model for name, model, _ in ar_models + models} # every generator's model
 dataset_of = {name: checkpoint['config']['dataset'] for name, _, checkpoint in ar_models + models}
 datasets = list(dict.fromkeys(dataset_of.values()))
-vocab_of = {} # dataset: (its token ids, below [MASK] and [WRONG] of a diffusion model; the first model that has them)
-for name, model, checkpoint in ar_models + models:
+vocab_of = {} # dataset: its token ids (below [MASK] and [WRONG] of a diffusion model), the same for all its models
+for name, model, _ in ar_models + models:
     base = model.config.mask_token_id if model.config.model_type == 'diffusion' else model.config.vocab_size
-    vocab, first_name = vocab_of.setdefault(dataset_of[name], (base, name))
-    if base != vocab:
-        raise UserError(f"{name} has {base} token ids but {first_name}, on the same dataset '{dataset_of[name]}', has "
-                        f"{vocab}: the models of one dataset must share its vocabulary")
-vocab_of = {d: vocab for d, (vocab, _) in vocab_of.items()}
+    if vocab_of.setdefault(dataset_of[name], base) != base:
+        raise UserError(f"{name} has {base} token ids but another model of the dataset '{dataset_of[name]}' has "
+                        f"{vocab_of[dataset_of[name]]}: the models of one dataset must share its vocabulary")
 max_length = min(m.config.block_size for _, m, _ in models)
 if not max(2, repetition_n) <= sample_length <= max_length:
     raise UserError(f"sample_length={sample_length} must be between {max(2, repetition_n)} and {max_length} "
@@ -299,8 +298,9 @@ section('Validation loss', [
 # 2. sample quality: every generator (AR, or a diffusion model and a sampler) writes num_samples
 # samples at a temperature, scored by measure(); at a fixed temperature, then at matched diversity
 print("sample quality...", flush=True)
-reference = get_batch(val_data, num_samples, L, torch.Generator().manual_seed(seed + 3), device)[0]
-first = reference[:, :1] # every generator writes tokens 2..L after the same first token
+# real text of each dataset; every generator writes tokens 2..L after the first token of its dataset's rows
+references = {d: get_batch(val_data[d], num_samples, L, torch.Generator().manual_seed(seed + 3), device)[0]
+              for d in datasets}
 
 
 def block_steps(model, steps):
@@ -311,7 +311,8 @@ def block_steps(model, steps):
 
 
 def steps_label(model, sampler, steps):
-    """A step count as the tables show it: '<=' for a cap, and the passes per block of a block model."""
+    """A step count as the tables show it: '<=' for a cap, and the passes per block of a block model
+    (steps '-': AR, or a block model at a number of passes per block)."""
     if steps == '-':
         return '-'
     label = f"<={steps}" if sampler in adaptive else str(steps)
@@ -330,22 +331,23 @@ def sampler_steps(sampler, counts):
     return [max(counts)] if sampler in adaptive else counts
 
 
-def sample(model, sampler, steps, temp, batch):
+def sample(name, sampler, steps, temp, batch, per_block=None):
     """(tokens (batch, L), forward passes, seconds) of one generator at temperature temp, from the
-    first batch tokens of `first` and a fixed seed (the same random numbers at every temperature).
-    AR: sampler 'autoregressive' (KV cache) or 'no KV cache'. Diffusion: diffusion.generate with
-    sampler_fns[sampler], block by block for a block model."""
+    first tokens of the first batch rows of its dataset's reference and a fixed seed (the same random
+    numbers at every temperature). AR: model.generate with its KV cache. Diffusion: diffusion.generate
+    with sampler_fns[sampler], block by block for a block model, in per_block passes per block if given
+    (else block_steps). Only the generation itself is timed."""
+    model = by_name[name]
     generator = torch.Generator(device=device).manual_seed(seed + 4)
-    prompt = first[:batch]
+    prompt = references[dataset_of[name]][:batch, :1]
     if model.config.model_type == 'gpt2':
         def run():
-            return model.generate(prompt, L - 1, temperature=temp, use_kv_cache=sampler != 'no KV cache',
-                                  generator=generator), L - 1
+            return model.generate(prompt, L - 1, temperature=temp, generator=generator), L - 1
     else:
         sample_fn, kwargs = sampler_fns[sampler]
         x = torch.cat([prompt, torch.full((batch, L - 1), model.config.mask_token_id, device=device)], 1)
         steps_key = 'max_steps' if sample_fn is diffusion.refine_sample else 'steps'
-        kwargs = {**kwargs, steps_key: block_steps(model, steps)}
+        kwargs = {**kwargs, steps_key: per_block or block_steps(model, steps)}
 
         def run():
             return diffusion.generate(model, x, sample_fn, temperature=temp, generator=generator, **kwargs)
@@ -354,10 +356,39 @@ def sample(model, sampler, steps, temp, batch):
     return tokens, passes, seconds
 
 
-def text_metrics(tokens):
-    """Judge NLL, unigram entropy and repetition of samples (B, L), and the first one decoded."""
-    return dict(nll=judge_nll(judge, tokens), entropy=unigram_entropy(tokens), rep=repetition(tokens, repetition_n),
-                text=decode(tokens[0].tolist()))
+def texts(tokens, dataset):
+    """Every row of tokens (B, T) of a dataset, decoded."""
+    return [decoders[dataset](row) for row in tokens.tolist()]
+
+
+def written_chars(tokens, dataset):
+    """The characters of all rows of generated tokens but those of the first token of each, which was given."""
+    return sum(map(len, texts(tokens, dataset))) - sum(map(len, texts(tokens[:, :1], dataset)))
+
+
+def text_metrics(tokens, dataset):
+    """Of samples (B, L) of a dataset: the judge NLL per character (the text decoded, stripped of
+    the characters a char judge has no token for, which are counted, and re-encoded by the judge),
+    unigram entropy and repetition in the generator's own tokens, the characters written per
+    sample, and the first sample decoded."""
+    rows = texts(tokens, dataset)
+    stripped, unknown = zip(*(unknown_to_judge.subn('', row) for row in rows)) if unknown_to_judge else (rows, [0])
+    return dict(nll=judge_nll_per_char(judge, judge_encode, judge_decode, stripped, device), unknown=sum(unknown),
+                entropy=unigram_entropy(tokens), rep=repetition(tokens, repetition_n),
+                chars=written_chars(tokens, dataset) / len(rows), text=rows[0])
+
+
+def chars_per_pass(r):
+    """Characters each forward pass of a generator wrote, per sample."""
+    return '-' if r['passes'] == '-' else fmt(r['chars'] / r['passes'], 2)
+
+
+def unknown_note(rows):
+    """What a char judge dropped from these rows' text (nothing to say for another judge)."""
+    if unknown_to_judge is None:
+        return ''
+    return (f" The judge has no token for {sum(r['unknown'] for r in rows)} of the characters in these rows (a BPE "
+            "can write any byte): they are dropped before scoring.")
 
 
 generations = [] # every measure() row, in order, for samples.txt
@@ -366,19 +397,19 @@ generations = [] # every measure() row, in order, for samples.txt
 @functools.cache # the matched search starts at the fixed temperature: that run is not repeated
 def measure(name, sampler, steps, temp):
     """The metrics of one generator's num_samples samples at temperature temp, as a table row."""
-    tokens, passes, seconds = sample(by_name[name], sampler, steps, temp, num_samples)
-    row = dict(text_metrics(tokens), name=name, model=by_name[name], sampler=sampler, steps=steps, temperature=temp,
+    tokens, passes, seconds = sample(name, sampler, steps, temp, num_samples)
+    row = dict(text_metrics(tokens, dataset_of[name]), name=name, model=by_name[name], sampler=sampler, steps=steps, temperature=temp,
                passes=passes)
     generations.append(row)
-    print(f"{name} {sampler} steps {steps} temperature {temp:.3f}: judge NLL {row['nll']:.3f}, entropy "
+    print(f"{name} {sampler} steps {steps} temperature {temp:.3f}: judge NLL {row['nll']:.3f}/char, entropy "
           f"{row['entropy']:.3f}, {passes} passes, {seconds:.2f}s", flush=True)
     return row
 
 
 t_quality = time.time()
-val_row = dict(text_metrics(reference), name='val text', model=None, sampler='reference', steps='-', temperature='-',
-               passes='-')
-fixed = [val_row, measure(ar_name, 'autoregressive', '-', temperature)] + [
+val_rows = {d: dict(text_metrics(references[d], d), name='val text' if len(datasets) == 1 else f"val text {d}",
+                   model=None, sampler='reference', steps='-', temperature='-', passes='-') for d in datasets}
+fixed = [*val_rows.values()] + [measure(name, 'autoregressive', '-', temperature) for name, _, _ in ar_models] + [
     measure(name, sampler, steps, temperature)
     for name, _, _ in progress(models, 'fixed temperature', 'model')
     for sampler in samplers for steps in sampler_steps(sampler, step_counts)]
@@ -386,16 +417,22 @@ judge_note = ("The judge is the AR baseline itself, so the AR samples are scored
               "(at temperature 1 their NLL is its own entropy rate: a favourable reference); pass judge_dir for an "
               "independent judge." if judge is ar_model else f"The judge is {names[os.path.normpath(judge_dir)]}.")
 section('Sample quality at a fixed temperature', [
-    f"{num_samples} samples of {L} tokens per generator, temperature {temperature}; the first token of each sample "
-    f"is the first token of a random val window, the same for every generator, and the rest is generated.",
-    f"Judge NLL: mean NLL (nats/token) of tokens 2..{L}, each given all tokens before it, under the AR judge "
-    f"(context up to its block_size of {judge.config.block_size}: longer samples are scored in windows sliding by half "
-    f"a block). {judge_note}",
+    f"{num_samples} samples of {L} tokens (of each generator's own tokenizer) per generator, temperature "
+    f"{temperature}; the first token of each sample is the first token of a random val window of the generator's "
+    "dataset, the same for every generator of that dataset, and the rest is generated. Chars/pass: characters "
+    "written per sample / forward passes.",
+    f"Judge NLL: nats per character. Each sample is decoded to text and re-encoded with the tokenizer of the AR "
+    f"judge (dataset `{judge_dataset}`); every judge token after the first is scored given all the tokens before "
+    "it, and the sum is divided by the characters of the scored tokens, so generators of any tokenizer are scored "
+    f"alike (for a char generator and a char judge: tokens 2..{L}). The judge's context is its block_size of "
+    f"{judge.config.block_size} tokens: longer texts are scored in windows sliding by half a block. {judge_note}"
+    + unknown_note(fixed),
     "Entropy: unigram entropy (nats) of all generated tokens pooled; repeated n-grams: mean over samples of the "
-    f"fraction of a sample's {repetition_n}-grams that repeat an earlier one in it. **Read the judge NLL next to "
-    "both**: a low NLL with a collapsed entropy or a high repetition is a degenerate sampler (repeating frequent "
-    "tokens), not a good one; the next table compares generators at the entropy of real text. The `val text` row "
-    "is real text of the same size, the reference for all three.",
+    f"fraction of a sample's {repetition_n}-grams that repeat an earlier one in it; both in the generator's own "
+    "tokens, so compare them with the `val text` row of its dataset. **Read the judge NLL next to both**: a low NLL "
+    "with a collapsed entropy or a high repetition is a degenerate sampler (repeating frequent tokens), not a good "
+    "one; the next table compares generators at the entropy of real text. The `val text` row is real text of the "
+    "same size, the reference for all three.",
     "Samplers (diffusion.py, all through diffusion.generate): `refine` is the seed's loop (steps = max_steps; it "
     "may stop early), `confidence` commits the most confident proposals on a cosine schedule, `confidence+wrong` "
     "also sends tokens the model flags [WRONG] back to [MASK], `ancestral` commits a random choice of proposals on "
@@ -407,27 +444,27 @@ section('Sample quality at a fixed temperature', [
     f"block_size) writes block after block, each in max(1, round(steps x block / {L - 1})) passes (`/block`), "
     "seeing the finished blocks through a KV cache; forward passes are all the passes diffusion.generate used. "
     "The first sample of each row is in samples.txt."],
-    ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'judge NLL', 'entropy',
+    ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'chars/pass', 'judge nats/char', 'entropy',
      f'repeated {repetition_n}-grams'],
-    [[*describe(r), r['passes'], fmt(r['nll']), fmt(r['entropy']), fmt(r['rep'])] for r in fixed])
+    [[*describe(r), r['passes'], chars_per_pass(r), fmt(r['nll']), fmt(r['entropy']), fmt(r['rep'])] for r in fixed])
 print(f"fixed temperature: {time.time() - t_quality:.0f}s", flush=True)
 
 t_matched = time.time()
-target = val_row['entropy'] # real text of the same size: the entropy estimate is biased low for few tokens
 
 
-def closest_try(tries):
+def closest_try(tries, target):
     return min(tries, key=lambda r: abs(r['entropy'] - target))
 
 
-def at_target(below, above, key):
+def at_target(below, above, key, target):
     """r[key] interpolated linearly in entropy between two tries, at the target entropy."""
     share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
     return below[key] + share * (above[key] - below[key])
 
 
 def match(name, sampler, steps):
-    """The generator's metrics at exactly the val text's unigram entropy. Entropy rises with the
+    """The generator's metrics at exactly the unigram entropy of the val text of its dataset (real
+    text of the same size: the entropy estimate is biased low for few tokens). Entropy rises with the
     temperature: starting at `temperature`, each try steps the temperature by 25 % toward the
     target until two tries bracket it, then takes the secant between the bracketing pair, until
     both ends of the bracket lie within match_tolerance of the target (at most match_tries
@@ -436,6 +473,7 @@ def match(name, sampler, steps):
     then interpolated linearly in entropy between those two tries, at the target itself: a band
     alone is not enough, since the NLL moves fast with the entropy (a row at the top of a 2 % band
     pays ~0.1 nats). Without such a bracket: the try closest to the target, marked not matched."""
+    target = val_rows[dataset_of[name]]['entropy']
     tries = [measure(name, sampler, steps, min(max(temperature, min_temperature), max_temperature))]
     in_band = lambda r: abs(r['entropy'] - target) <= match_tolerance * target
     while True:
@@ -443,25 +481,25 @@ def match(name, sampler, steps):
         above = min((r for r in tries if r['entropy'] > target), key=lambda r: r['entropy'], default=None)
         # a try within a twentieth of the band is taken as it is (the NLL moves < 0.01 nats there): the
         # secant can creep onto the target from one side and never bracket it from within the band
-        exact = abs(closest_try(tries)['entropy'] - target) <= match_tolerance * target / 20
+        exact = abs(closest_try(tries, target)['entropy'] - target) <= match_tolerance * target / 20
         bracketed = exact or (below is not None and above is not None and in_band(below) and in_band(above))
         if bracketed or len(tries) == match_tries:
             break
         if below is not None and above is not None: # the secant
-            temp = at_target(below, above, 'temperature')
+            temp = at_target(below, above, 'temperature', target)
         else:
             temp = min(max(tries[-1]['temperature'] * (1.25 if above is None else 0.8), min_temperature), max_temperature)
         if any(r['temperature'] == temp for r in tries): # stuck at a temperature limit, or converged
             break
         tries.append(measure(name, sampler, steps, temp))
-    closest = closest_try(tries)
+    closest = closest_try(tries, target)
     if not bracketed or exact:
         return dict(closest, tries=len(tries), matched=bracketed)
-    interpolated = {key: at_target(below, above, key) for key in ('nll', 'rep', 'temperature')}
+    interpolated = {key: at_target(below, above, key, target) for key in ('nll', 'rep', 'temperature')}
     return dict(closest, **interpolated, entropy=target, tries=len(tries), matched=True)
 
 
-matched = [match(ar_name, 'autoregressive', '-')] + [
+matched = [match(name, 'autoregressive', '-') for name, _, _ in ar_models] + [
     match(name, sampler, steps)
     for name, _, _ in progress(models, 'matched diversity', 'model')
     for sampler in samplers for steps in sampler_steps(sampler, match_step_counts)]
@@ -470,7 +508,8 @@ ar_matched = next(r for r in matched if r['name'] == ar_name)
 section('Sample quality at matched diversity', [
     f"The headline comparison. For AR and for every diffusion model x sampler at step counts "
     f"{', '.join(map(str, match_step_counts))} (as in the table above), the temperature is searched so that the "
-    f"unigram entropy of the samples equals that of the `val text` row ({target:.3f} nats: real text of the same "
+    "unigram entropy of the samples equals that of the `val text` row of the generator's dataset ("
+    + ', '.join(f"{r['entropy']:.3f} nats for `{d}`" for d, r in val_rows.items()) + ": real text of the same "
     f"number of tokens, {num_samples} x {L}, since the estimate depends on the sample size). From temperature "
     f"{temperature}, the search steps the temperature (in [{min_temperature}, {max_temperature}]) until two tries "
     f"within {match_tolerance * 100:g} % of the target entropy lie one on each side of it, at most {match_tries} "
@@ -478,64 +517,128 @@ section('Sample quality at matched diversity', [
     "repetition and temperature are interpolated linearly in entropy between those two, at the target exactly "
     "(a row anywhere in a 2 % band could be ~0.1 nats better or worse), or a single try within a twentieth of "
     "the band is taken as it is. A generator with neither shows its try closest to the target, `not "
-    "matched`, at the bottom. Rows sorted by judge NLL, `vs AR` = judge NLL / AR's matched judge NLL "
-    f"({ar_matched['nll']:.3f}). Forward passes: the try closest to the target; every try's first sample is in "
-    "samples.txt."],
-    ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge NLL', 'vs AR', 'entropy',
-     f'repeated {repetition_n}-grams', 'forward passes', 'matched'],
-    [[*describe(r), r['temperature'] if r is val_row else fmt(r['temperature']), r.get('tries', '-'), fmt(r['nll']),
-      fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']), fmt(r['rep']), r['passes'],
-      'reference' if r is val_row else 'yes' if r['matched'] else 'not matched'] for r in [val_row] + matched])
+    "matched`, at the bottom. Rows sorted by judge NLL (nats/char: comparable across tokenizers), `vs AR` = "
+    f"judge NLL / the matched judge NLL of {ar_name} ({ar_matched['nll']:.3f}). Forward passes and chars/pass: "
+    "the try closest to the target; every try's first sample is in samples.txt." + unknown_note(generations)],
+    ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge nats/char', 'vs AR', 'entropy',
+     f'repeated {repetition_n}-grams', 'forward passes', 'chars/pass', 'matched'],
+    [[*describe(r), r['temperature'] if r['model'] is None else fmt(r['temperature']), r.get('tries', '-'),
+      fmt(r['nll']), fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']), fmt(r['rep']), r['passes'], chars_per_pass(r),
+      'reference' if r['model'] is None else 'yes' if r['matched'] else 'not matched']
+     for r in [*val_rows.values()] + matched])
 print(f"matched diversity: {time.time() - t_matched:.0f}s", flush=True)
 with open(os.path.join(out, 'samples.txt'), 'w', encoding='utf-8') as f: # the first sample of every generation
-    f.write('\n'.join([f"==== val text | judge NLL {val_row['nll']:.3f} | entropy {val_row['entropy']:.3f} ====\n"
-                       f"{val_row['text']}\n"] + [
+    f.write('\n'.join([f"==== {r['name']} | judge NLL {r['nll']:.3f}/char | entropy {r['entropy']:.3f} ====\n"
+                       f"{r['text']}\n" for r in val_rows.values()] + [
         f"==== {r['name']} | {r['sampler']} | steps {r['steps']} | temperature {r['temperature']:.3f} | judge NLL "
-        f"{r['nll']:.3f} | entropy {r['entropy']:.3f} ====\n{r['text']}\n" for r in generations]))
+        f"{r['nll']:.3f}/char | entropy {r['entropy']:.3f} ====\n{r['text']}\n" for r in generations]))
 
 # -----------------------------------------------------------------------------
 # 3. proofreading
 print("proofreading...", flush=True)
-proofreading = [] # one dict per model and rate: name, objective, rate, prf, before, after
-for name, model, checkpoint in progress(models, 'proofreading', 'model'):
-    batches = val_batches(model.config.block_size)
+
+
+@functools.cache
+def corrupted_batches(dataset, block_size, rate, tuning=False):
+    """[(clean, corrupted, truth)] for the val batches of a dataset (val_batches), exactly int(rate *
+    block_size) positions of each row replaced by a random different token (substitute_tokens): the
+    same for every model of one dataset and block_size. tuning: another draw of batches and substitutions."""
+    batch_seed, noise_seed = (seed + 6, seed + 7) if tuning else (seed, seed + 5)
+    noise = torch.Generator(device=device).manual_seed(noise_seed)
+    return [(x, *substitute_tokens(x, rate, vocab_of[dataset], noise))
+            for x, _ in val_batches(dataset, block_size, batch_seed)]
+
+
+def ar_probs(model, tokens):
+    """(B, T): an AR model's probability of each token given the tokens before it; +inf at the first
+    position, which has no text before it to be judged by (so never below a threshold)."""
+    with ctx:
+        probs = (-judge_token_nlls(model, tokens)).exp()
+    return torch.cat([torch.full_like(probs[:, :1], float('inf')), probs], 1)
+
+
+def ar_threshold(name, model, rate):
+    """The probability below which an AR model flags a token: the F1-best one (best_threshold) on the
+    tuning draw of corrupted val batches at this rate."""
+    batches = corrupted_batches(dataset_of[name], model.config.block_size, rate, tuning=True)
+    return best_threshold(torch.cat([ar_probs(model, corrupted) for _, corrupted, _ in batches]),
+                          torch.cat([truth for _, _, truth in batches]))[0]
+
+
+@torch.no_grad()
+def ar_rewrite(model, tokens, flags, vocab):
+    """tokens with the flagged positions rewritten left to right, each by the AR model's argmax (over
+    the vocab real tokens) given the text before it as corrected so far; the first position, with no
+    text before it, stays. Pass k rewrites the k-th flag of every row: a pass per flag of the most
+    flagged row."""
+    nth = flags[:, 1:].cumsum(1) * flags[:, 1:] # k at the k-th flag of a row, after its first position
+    for k in range(1, int(nth.max()) + 1):
+        with ctx:
+            logits, _ = model(tokens[:, :-1], tokens[:, 1:])
+        tokens = torch.cat([tokens[:, :1], torch.where(nth == k, logits[..., :vocab].argmax(-1), tokens[:, 1:])], 1)
+    return tokens
+
+
+def proofread_batch(name, model, corrupted, truth, cutoff, fix):
+    """(flags, corrected, corrected with perfect detection) of corrupted rows. AR: flags the tokens less
+    probable than cutoff given the text before them, rewritten by ar_rewrite. Diffusion: flags [WRONG]
+    and rewrites in proofread_steps confidence steps (diffusion.proofread), sampling with fix."""
+    if model.config.model_type == 'gpt2':
+        flags, vocab = ar_probs(model, corrupted) < cutoff, vocab_of[dataset_of[name]]
+        return flags, ar_rewrite(model, corrupted, flags, vocab), ar_rewrite(model, corrupted, truth, vocab)
+    with ctx:
+        flags, corrected, _ = diffusion.proofread(model, corrupted, proofread_steps,
+                                                  temperature=proofread_temperature, generator=fix)
+        # the same rewrite of exactly the substituted positions: what perfect detection would leave
+        oracle, _ = diffusion.confidence_sample(model, torch.where(truth, model.config.mask_token_id, corrupted),
+                                                proofread_steps, temperature=proofread_temperature, generator=fix)
+    return flags, corrected, oracle
+
+
+proofreading = [] # one dict per model and rate: name, label, block, objective, rate, prf, before, after, oracle
+for name, model, checkpoint in progress(ar_models + models, 'proofreading', 'model'):
+    is_ar = model.config.model_type == 'gpt2'
     for rate in proofread_rates:
-        noise = torch.Generator(device=device).manual_seed(seed + 5)
-        results = []
-        for x, _ in batches:
-            corrupted, truth = substitute_tokens(x, rate, vocab, noise)
-            with ctx:
-                flagged, corrected, _ = diffusion.proofread(model, corrupted, proofread_steps,
-                                                            temperature=proofread_temperature, generator=noise)
-                # the same rewrite of exactly the substituted positions: what perfect detection would leave
-                oracle, _ = diffusion.confidence_sample(model, torch.where(truth, model.config.mask_token_id, corrupted),
-                                                        proofread_steps, temperature=proofread_temperature, generator=noise)
-            results.append((x, corrupted, truth, flagged, corrected, oracle))
+        cutoff = ar_threshold(name, model, rate) if is_ar else None
+        fix = torch.Generator(device=device).manual_seed(seed + 8) # the sampling of the corrections
+        results = [(clean, corrupted, truth, *proofread_batch(name, model, corrupted, truth, cutoff, fix))
+                   for clean, corrupted, truth in corrupted_batches(dataset_of[name], model.config.block_size, rate)]
         clean, corrupted, truth, flagged, corrected, oracle = (torch.cat(t) for t in zip(*results))
-        proofreading.append(dict(name=name, block=block_label(model), objective=objective(checkpoint), rate=rate,
-                                 prf=detection_prf(flagged, truth), before=char_error_rate(corrupted, clean),
+        proofreading.append(dict(name=name, label=f"{name} AR p<{cutoff:.3g}" if is_ar else name,
+                                 block=block_label(model), objective='next token' if is_ar else objective(checkpoint),
+                                 rate=rate, prf=detection_prf(flagged, truth), before=char_error_rate(corrupted, clean),
                                  after=char_error_rate(corrected, clean), oracle=char_error_rate(oracle, clean)))
 section('Proofreading', [
-    f"{eval_batches} val batches of {batch_size} rows of each model's block_size; in every row exactly int(rate * "
-    "block_size) positions get a random different token. Detection: the positions diffusion.wrong_flags flags "
-    "[WRONG] (argmax over everything but [MASK]) against the substituted ones, counted over all positions. "
+    f"{eval_batches} val batches of {batch_size} rows of each model's block_size of its dataset; in every row exactly "
+    "int(rate * block_size) positions get a random different token; the models of one dataset and block_size see the "
+    "same corrupted batches. Diffusion detection: the positions diffusion.wrong_flags flags "
+    "[WRONG] (argmax over everything but [MASK]) against the substituted ones, counted over all positions "
+    "(precision, recall, F1 micro-averaged). "
     f"Correction: diffusion.proofread sends the flagged tokens back to [MASK] and rewrites them in {proofread_steps} "
     f"confidence steps at temperature {proofread_temperature}. Both see the whole row at once: a block model with "
     "its block-causal attention (each block sees itself and the blocks before it). Error rate: fraction of tokens "
     "that differ from the clean text (substitution only, so the texts stay aligned: Hamming = character error rate "
     "for char data). `after, perfect detection`: the same rewrite of exactly the substituted positions, the error "
     "rate a perfect detector would leave with this model's corrections (it separates detection from correction). A "
-    "model trained with the `elbo` objective never saw [WRONG] as a target: its detection measures an untrained head."],
+    "model trained with the `elbo` objective never saw [WRONG] as a target: its detection measures an untrained head.",
+    "AR rows (`AR p<threshold`): an AR model as a detector of the same budget. It flags a token when its probability "
+    "given the text before it is below the threshold, the F1-maximising one (metrics.best_threshold) on another "
+    f"draw of {eval_batches} corrupted val batches at the same rate; the first position of a row, with no text "
+    "before it, is never flagged (its substitutions count as misses). Correction: the flagged tokens are rewritten "
+    "left to right, each by the AR argmax given the corrected text before it (one forward pass per flag of the "
+    "most flagged row), never seeing the text after it; `after, perfect detection` rewrites the substituted "
+    "positions so."],
     ['model', 'diffusion block', 'objective', 'substituted', 'precision', 'recall', 'F1', 'error rate before',
      'error rate after', 'after, perfect detection'],
-    [[r['name'], r['block'], r['objective'], f"{r['rate'] * 100:g}%", *map(fmt, r['prf']), fmt(r['before'], 4),
+    [[r['label'], r['block'], r['objective'], f"{r['rate'] * 100:g}%", *map(fmt, r['prf']), fmt(r['before'], 4),
       fmt(r['after'], 4), fmt(r['oracle'], 4)] for r in proofreading])
 
 # -----------------------------------------------------------------------------
 # 4. speed: training on fresh models of one architecture, that of the first diffusion checkpoint
 print("training speed...", flush=True)
 arch = dict(asdict(models[0][1].config), mask_logit_bias=0.0, diffusion_block=0)
-ar_arch = dict(arch, model_type='gpt2', vocab_size=vocab, mask_token_id=-1, wrong_token_id=-1, time_conditioning=False)
+ar_arch = dict(arch, model_type='gpt2', vocab_size=arch['mask_token_id'], mask_token_id=-1, wrong_token_id=-1,
+               time_conditioning=False)
 block = arch['block_size']
 # the block sizes of the checkpoints that cut this block_size into whole blocks
 blocks = sorted({m.denoising_block for _, m, _ in models if m.denoising_block and block % m.denoising_block == 0})
@@ -550,7 +653,7 @@ def training_speed(model_args):
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**model_args)).to(device)
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
-    x, y = get_batch(val_data, batch_size, block, torch.Generator().manual_seed(seed), device)
+    x, y = get_batch(val_data[dataset_of[models[0][0]]], batch_size, block, torch.Generator().manual_seed(seed), device)
     noise = torch.Generator(device=device).manual_seed(seed)
     mask_id, rows = model.config.mask_token_id, model.denoising_block or block
 
@@ -599,37 +702,42 @@ section('Training speed', [
      for label, tokens_per_s, seconds, model in speeds])
 
 print("generation speed...", flush=True)
-twin = GPT(GPTConfig(**ar_arch)).to(device).eval() # speed does not depend on the weights
-with ctx:
-    twin.generate(first, 2) # warm-up
-# (generator, model, sampler, steps, temperature, note) of each timed generator: AR, and every
-# diffusion model at the settings of its best row at matched diversity (its first row in that table)
-timed_rows = [(label, twin, sampler, '-', ar_matched['temperature'], '')
-              for label, sampler in (('AR', 'no KV cache'), ('AR + KV cache', 'autoregressive'))] + [
-    (r['name'], r['model'], r['sampler'], r['steps'], r['temperature'], '' if r['matched'] else ' (not matched)')
-    for r in [next(r for r in matched if r['name'] == name) for name, _, _ in models]]
-generation = [] # per row: [tokens/s, forward passes] at batch 1, then at batch num_samples
-for _, model, sampler, steps, temp, _ in progress(timed_rows, 'generation speed', 'generator'):
+# (name, sampler, steps, passes per block, temperature, note) of each timed generator: every AR model and every
+# diffusion model at the settings of its best row at matched diversity (its first row in that table), then every
+# block model at each of speed_block_passes passes per block, left to right
+best = [next(r for r in matched if r['name'] == name) for name, _, _ in ar_models + models]
+timed_rows = [(r['name'], r['sampler'], r['steps'], None, r['temperature'], '' if r['matched'] else ' (not matched)')
+              for r in best] + [
+    (name, 'left_to_right', '-', per_block, temperature, '')
+    for name, model, _ in models if model.denoising_block for per_block in speed_block_passes]
+generation = [] # per row and batch size (1, then num_samples): tokens/s, chars/s, forward passes, chars per pass
+for name, sampler, steps, per_block, temp, _ in progress(timed_rows, 'generation speed', 'generator'):
+    sample(name, sampler, steps, temp, 1, per_block) # warm-up: allocations and kernels for this shape
     generation.append([])
     for batch in (1, num_samples):
-        _, passes, seconds = sample(model, sampler, steps, temp, batch)
-        generation[-1] += [batch * (L - 1) / seconds, passes]
-ar_kv = generation[1]
+        tokens, passes, seconds = sample(name, sampler, steps, temp, batch, per_block)
+        chars = written_chars(tokens, dataset_of[name])
+        generation[-1].append((batch * (L - 1) / seconds, chars / seconds, passes, chars / batch / passes))
+ar_speed = generation[0] # the AR baseline's, with its KV cache
 section('Generation speed', [
-    f"{L - 1} tokens written after a given first one, by one sample (batch 1) and by a batch of {num_samples}; "
-    "tokens/s = generated tokens / wall time (tokens are characters for char data). AR: a fresh model of the "
-    f"architecture of {models[0][0]} (speed does not depend on the weights), without and with its KV cache. "
-    "Diffusion: each trained checkpoint through diffusion.generate (block models block by block with their KV "
-    "cache), at the sampler, steps and temperature of its best row at matched diversity (its lowest judge NLL; "
-    "marked if it did not reach the band). Forward passes at batch 1 / at the batch: `refine` and the adaptive "
-    "samplers stop when every sample of the batch is done."],
-    ['generator', 'diffusion block', 'sampler', 'steps', 'temperature', 'forward passes', 'tokens/s batch 1',
-     f'tokens/s batch {num_samples}', 'vs AR + KV cache batch 1', f'vs AR + KV cache batch {num_samples}'],
-    [[label, block_label(model), sampler + note, steps_label(model, sampler, steps), fmt(temp),
-      f"{passes_1} / {passes_b}", f"{speed_1:,.0f}", f"{speed_b:,.0f}", fmt(speed_1 / ar_kv[0], 2),
-      fmt(speed_b / ar_kv[2], 2)]
-     for (label, model, sampler, steps, temp, note), (speed_1, passes_1, speed_b, passes_b)
-     in zip(timed_rows, generation)])
+    f"{L - 1} tokens (of each generator's tokenizer) written after a given first one, by one sample (batch 1) and "
+    f"by a batch of {num_samples}; tokens/s and chars/s = generated tokens or characters / wall time of the "
+    "generation alone (after an untimed warm-up run at batch 1). AR: each trained checkpoint with its KV cache "
+    "(model.generate) at its matched temperature. Diffusion: each trained checkpoint through diffusion.generate "
+    "(block models block by block with their KV cache), at the sampler, steps and temperature of its best row at "
+    "matched diversity (its lowest judge NLL; marked if it did not reach the band), then every block model with "
+    f"the `left_to_right` sampler at {', '.join(map(str, speed_block_passes))} passes per block, temperature "
+    f"{temperature}. Forward passes and chars/pass at batch 1 / at the batch: `refine` and the adaptive samplers "
+    f"stop when every sample of the batch is done. `vs AR`: chars/s / that of {ar_name} at the same batch size "
+    "(characters compare across tokenizers)."],
+    ['generator', 'diffusion block', 'sampler', 'steps', 'temperature', 'forward passes', 'chars/pass',
+     'tokens/s batch 1', 'chars/s batch 1', f'tokens/s batch {num_samples}', f'chars/s batch {num_samples}',
+     'vs AR batch 1', f'vs AR batch {num_samples}'],
+    [[name, block_label(by_name[name]), sampler + note,
+      steps_label(by_name[name], sampler, steps) if per_block is None else f"{per_block}/block", fmt(temp),
+      f"{one[2]} / {many[2]}", f"{one[3]:.2f} / {many[3]:.2f}", f"{one[0]:,.0f}", f"{one[1]:,.0f}",
+      f"{many[0]:,.0f}", f"{many[1]:,.0f}", fmt(one[1] / ar_speed[0][1], 2), fmt(many[1] / ar_speed[1][1], 2)]
+     for (name, sampler, steps, per_block, temp, note), (one, many) in zip(timed_rows, generation)])
 
 # -----------------------------------------------------------------------------
 # plots
@@ -645,20 +753,21 @@ def write_plots():
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
     cycle = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    colours = {name: cycle[i % len(cycle)] for i, (name, _, _) in enumerate(models)}
+    colours = {name: cycle[i % len(cycle)] for i, (name, _, _) in enumerate(ar_models[1:] + models)}
     colours[ar_name] = 'k'
+    dashes = ('--', ':', '-.') # the reference lines: val text and AR, one style each
     styles = dict(zip(sampler_fns, itertools.cycle(('-o', '--s', ':^', '-.D', '-P', '--X', ':v'))))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.5), layout='constrained')
     for ax, key, label in zip(axes, ('nll', 'entropy', 'rep'),
-                              ('judge NLL (nats/token)', 'unigram entropy (nats)', f'repeated {repetition_n}-grams')):
+                              ('judge NLL (nats/char)', 'unigram entropy (nats)', f'repeated {repetition_n}-grams')):
         for name, _, _ in models:
             for sampler in samplers:
                 points = [r for r in fixed if r['name'] == name and r['sampler'] == sampler]
                 ax.plot([r['passes'] for r in points], [r[key] for r in points], styles[sampler],
                         color=colours[name], label=f"{name} {sampler}")
-        for r, style in zip(fixed[:2], ('--', ':')): # val text and AR samples
-            ax.axhline(r[key], color='k', linestyle=style, label=f"{r['name']} ({r['sampler']})")
+        for r, style in zip(fixed[:len(datasets) + len(ar_models)], itertools.cycle(dashes)): # val texts and AR
+            ax.axhline(r[key], color=colours.get(r['name'], 'grey'), linestyle=style, label=f"{r['name']} ({r['sampler']})")
         ax.set_xscale('log', base=2)
         ax.set_xlabel('forward passes')
         ax.set_ylabel(label)
@@ -671,19 +780,22 @@ def write_plots():
         ax.plot(r['nll'], i, 'o' if r['matched'] else 'x', color=colours[r['name']])
     ax.set_yticks(range(len(matched)), [f"{r['name']} {r['sampler']} {describe(r)[3]}" for r in matched], fontsize=8)
     ax.invert_yaxis()
-    ax.axvline(val_row['nll'], color='k', linestyle='--', label='val text')
-    ax.set_xlabel('judge NLL (nats/token) at the unigram entropy of real text (x: not matched)')
+    for r, style in zip(val_rows.values(), itertools.cycle(dashes)):
+        ax.axvline(r['nll'], color='k', linestyle=style, label=r['name'])
+    ax.set_xlabel('judge NLL (nats/char) at the unigram entropy of real text (x: not matched)')
     ax.legend(fontsize=8)
     fig.savefig(os.path.join(out, 'matched_diversity.png'), dpi=100)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout='constrained')
     rates = [r * 100 for r in proofread_rates]
-    for name, _, _ in models:
+    for name, _, _ in ar_models + models:
         rows = [r for r in proofreading if r['name'] == name]
         axes[0].plot(rates, [r['prf'][2] for r in rows], '-o', color=colours[name], label=name)
         axes[1].plot(rates, [r['after'] for r in rows], '-o', color=colours[name], label=f"{name}: after proofread")
-    axes[1].plot(rates, [r['before'] for r in proofreading[:len(proofread_rates)]], 'k--', label='before')
-    for ax, label in zip(axes, ('[WRONG] detection F1', 'token error rate')):
+    for d, style in zip(datasets, itertools.cycle(dashes)):
+        rows = [r for r in proofreading if dataset_of[r['name']] == d][:len(proofread_rates)]
+        axes[1].plot(rates, [r['before'] for r in rows], color='grey', linestyle=style, label=f'before ({d})')
+    for ax, label in zip(axes, ('detection F1 ([WRONG], or AR p<threshold)', 'token error rate')):
         ax.set_xlabel('substituted tokens (%)')
         ax.set_ylabel(label)
         ax.legend(fontsize=8)

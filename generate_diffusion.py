@@ -131,7 +131,7 @@ for key in ('trajectory', 'output'): # written at the end: a path that cannot be
 device, device_type, dtype, ctx = setup_device(device, dtype)
 
 model, checkpoint = load_model(out_dir, device, 'diffusion', 'generate_diffusion.py')
-if order == 'auto': # inside a small block, next-token order; over a whole sequence, a random order (README, Results)
+if order == 'auto': # inside a small block, next-token order; over a whole sequence, a random order (docs/results.md)
     order = 'left_to_right' if model.denoising_block else 'random'
 encode, decode = load_tokenizer(checkpoint['config']['dataset'])
 block_size, mask_id, wrong_id = model.config.block_size, model.config.mask_token_id, model.config.wrong_token_id

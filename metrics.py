@@ -1,9 +1,10 @@
 """
 The measurements of the evaluation script (bench.py), as plain functions on token
 tensors, so that each one can be checked on a tiny input with a known answer:
-- sample quality: NLL under an autoregressive judge, unigram entropy, repetition;
-- proofreading: random substitutions with a known truth mask, [WRONG] detection
-  precision/recall/F1, and the token (character) error rate.
+- sample quality: NLL under an autoregressive judge (per token, or per character of text
+  that the judge re-encodes with its own tokenizer), unigram entropy, repetition;
+- proofreading: random substitutions with a known truth mask, detection precision/recall/F1,
+  the threshold that maximises F1, and the token (character) error rate.
 """
 
 import torch
@@ -15,27 +16,50 @@ from diffusion import exact_fraction_positions, random_other_tokens
 # sample quality
 
 @torch.no_grad()
-def judge_nll(judge, tokens):
-    """Mean negative log-likelihood, in nats per token, of tokens[:, 1:] each given all
-    the tokens before it in its row, under an autoregressive judge (a GPT, or anything
-    whose forward(idx, targets) returns logits for every position and whose
-    config.block_size is its context): how plausible the judge finds the text. The first
-    token of each row is context only, never scored.
+def judge_token_nlls(judge, tokens):
+    """(B, L - 1): the negative log-likelihood (nats) of each of tokens[:, 1:] given all the
+    tokens before it in its row, under an autoregressive judge (a GPT, or anything whose
+    forward(idx, targets) returns logits for every position and whose config.block_size
+    is its context). The first token of each row is context only, never scored.
     Rows longer than the judge's context are scored in windows of block_size tokens that
     slide by half a block, each scoring only the tokens no earlier window scored, so every
     token past the first window is predicted from at least half a block of context."""
-    B, L = tokens.shape
+    L = tokens.size(1)
     block = judge.config.block_size
-    total, start, scored_to = 0.0, 0, 1 # the targets tokens[:, 1:scored_to] are scored
+    nlls, start, scored_to = [tokens.new_zeros(tokens.size(0), 0, dtype=torch.float)], 0, 1 # tokens[:, 1:scored_to] scored
     while scored_to < L:
         window = tokens[:, start:start + block + 1]
         logits, _ = judge(window[:, :-1], window[:, 1:])
         # window[:, 1 + j] is token start + 1 + j: keep the ones from scored_to on
         ce = F.cross_entropy(logits.float().transpose(1, 2), window[:, 1:], reduction='none')
-        total += ce[:, scored_to - start - 1:].sum().item()
+        nlls.append(ce[:, scored_to - start - 1:])
         scored_to = start + window.size(1)
         start += max(1, block // 2)
-    return total / (B * (L - 1))
+    return torch.cat(nlls, 1)
+
+
+def judge_nll(judge, tokens):
+    """Mean negative log-likelihood, in nats per token, of tokens[:, 1:] each given all
+    the tokens before it in its row (judge_token_nlls): how plausible the judge finds the text."""
+    B, L = tokens.shape
+    return judge_token_nlls(judge, tokens).sum().item() / (B * (L - 1))
+
+
+def judge_nll_per_char(judge, encode, decode, texts, device='cpu'):
+    """Negative log-likelihood in nats per character of texts (a list of strings) under an
+    autoregressive judge with its own tokenizer (encode: str -> ids, decode: ids -> str):
+    each text is encoded, and every token after its first is scored given all the tokens
+    before it (judge_token_nlls); the sum over all texts is divided by the characters those
+    tokens hold (each text's length less its first token's). The text of any tokenizer is
+    scored on one scale so, and with a char judge this is judge_nll of the text's ids."""
+    ids = [torch.tensor(encode(text), dtype=torch.long) for text in texts]
+    lengths = torch.tensor([len(i) for i in ids], device=device)
+    tokens = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True).to(device) # padded at the end: never context
+    scored = torch.arange(1, tokens.size(1), device=device) < lengths[:, None] # real targets, not the padding
+    chars = sum(len(text) - len(decode(i[:1].tolist())) for text, i in zip(texts, ids))
+    if chars == 0:
+        raise ValueError("the texts hold no characters after their first token: nothing to score")
+    return judge_token_nlls(judge, tokens)[scored].sum().item() / chars
 
 
 def unigram_entropy(tokens):
@@ -87,6 +111,27 @@ def detection_prf(flags, truth):
     recall = tp / n_truth if n_truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return precision, recall, f1
+
+
+def best_threshold(scores, truth):
+    """(threshold, F1) of the detector that flags the positions whose score is below a threshold,
+    at the threshold that maximises F1 against truth (bool, the shape of scores; F1 as
+    detection_prf). Every cut between two consecutive distinct finite scores is tried (a tie is
+    flagged whole or not at all): the threshold is the midpoint of the cut, which generalises
+    to other scores best, or the smallest score when no cut has F1 > 0 (nothing flagged).
+    An infinite score is never flagged."""
+    scores, order = scores.flatten().double().sort()
+    hits = truth.flatten()[order].double().cumsum(0) # true positives when the k + 1 lowest scores are flagged
+    flagged = torch.arange(1, len(scores) + 1, device=scores.device, dtype=torch.double)
+    f1 = 2 * hits / (flagged + truth.sum()) # = 2PR / (P + R)
+    # a cut lies after the last of a tie, and below an infinite score
+    cut = torch.cat([scores[:-1] < scores[1:], scores.new_ones(1, dtype=torch.bool)]) & scores.isfinite()
+    f1 = f1.masked_fill(~cut, -1.0)
+    k = int(f1.argmax())
+    if f1[k] <= 0:
+        return scores[0].item(), 0.0
+    above = scores[k + 1] if k + 1 < len(scores) else scores[k] + 1 # nothing above: any higher value
+    return ((scores[k] + above) / 2).item(), f1[k].item()
 
 
 def char_error_rate(pred, ref):

@@ -217,7 +217,7 @@ class GPT(nn.Module):
         for pn, p in self.named_parameters():
             if pn.endswith('c_proj.weight'):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02/math.sqrt(2 * config.n_layer))
-        if not config.tie_embeddings: # an input embedding of its own may start larger (the spec's reference run: N(0,1))
+        if not config.tie_embeddings: # an input embedding of its own may start larger (PyTorch's nn.Embedding default: N(0,1))
             torch.nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=config.embedding_init_std)
 
     def get_num_params(self, non_embedding=True):

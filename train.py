@@ -50,7 +50,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0 # for pretraining 0 is good, for finetuning try 0.1+
 bias = False # do we use bias inside LayerNorm and Linear layers?
-pos_encoding = 'learned' # 'learned' (nanoGPT/GPT-2) or 'rope'; diffusion wants 'rope' (see README)
+pos_encoding = 'learned' # 'learned' (nanoGPT/GPT-2) or 'rope'; diffusion wants 'rope' (docs/design.md)
 time_conditioning = False # diffusion: feed the noise level of each row to the model
 tie_embeddings = True # one matrix for the token embedding and the output head, as in GPT-2 (the architecture
                       # settings only shape a model made from scratch: init_from brings its own)
@@ -327,10 +327,10 @@ def estimate_loss():
     for split, data in (('train', train_data), ('val', val_data)):
         batch_generator = torch.Generator().manual_seed(seed + seed_offset)
         eval_noise = torch.Generator(device=device).manual_seed(seed + 1 + seed_offset)
-        losses = torch.zeros(eval_iters)
+        losses = torch.zeros(eval_iters, device=device) # filled on the device: no sync per batch
         for k in range(eval_iters):
             x, y = get_batch(data, batch_size, block_size, batch_generator, device)
-            losses[k] = model_loss(x, y, eval_noise, max(max_iters, masking_warmup_iters, proofreading_warmup_iters))[0].item()
+            losses[k] = model_loss(x, y, eval_noise, max(max_iters, masking_warmup_iters, proofreading_warmup_iters))[0].detach()
         out[split] = losses.mean().item()
     if diffusion_mode:
         batch_generator = torch.Generator().manual_seed(seed + seed_offset)

@@ -4,7 +4,7 @@
 exec(open('config/train_shakespeare_char_cpu.py').read())
 
 out_dir = 'out-shakespeare-ar-cpu'
-pos_encoding = 'rope' # as the diffusion configs; it also helps AR here (val 1.60 vs 1.72 learned, README)
+pos_encoding = 'rope' # as the diffusion configs; it also helps AR here (val 1.60 vs 1.72 learned, docs/results.md)
 log_interval = 100
 eval_interval = 500
 block_size = 128

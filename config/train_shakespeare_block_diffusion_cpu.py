@@ -4,7 +4,7 @@
 exec(open('config/train_shakespeare_diffusion_elbo_cpu.py').read())
 
 out_dir = 'out-shakespeare-block-cpu'
-diffusion_block = 4 # the best bound of 4, 8, 16 and the full sequence here (README)
+diffusion_block = 4 # the best bound of 4, 8, 16 and the full sequence here (docs/results.md)
 loss_weighting = 'token_mean'
 mask_rate_min = 0.0 # the full range: the full-sequence ablation's clipping is not measured with blocks yet
 mask_rate_max = 1.0

@@ -6,7 +6,7 @@ exec(open('config/train_shakespeare_char.py').read())
 out_dir = 'out-shakespeare-diffusion'
 wandb_run_name = 'mini-diffusion'
 model_type = 'diffusion'
-pos_encoding = 'rope' # learned absolute positions leave a small diffusion model at unigram level (README)
+pos_encoding = 'rope' # learned absolute positions leave a small diffusion model at unigram level (docs/results.md)
 always_save_checkpoint = True # the diffusion loss keeps improving long after AR starts to overfit
 # a diffusion eval runs 6 forward passes per batch (train and val loss, masked CE at 3 rates, the
 # bound); a training iteration is ~3 (forward and backward). By FLOPs, 50 batches every 500 iterations

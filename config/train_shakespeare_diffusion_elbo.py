@@ -7,7 +7,7 @@ out_dir = 'out-shakespeare-diffusion-elbo'
 wandb_run_name = 'mini-diffusion-elbo'
 loss_type = 'elbo'
 noise_schedule = 'linear'
-# the winner of the training ablation at CPU size (README, Ablation); not yet measured at this size
+# the winner of the training ablation at CPU size (docs/results.md, Training ablation); not yet measured at this size
 loss_weighting = 'token_mean'
 mask_rate_min = 0.3
 mask_rate_max = 0.8

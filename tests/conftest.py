@@ -157,7 +157,7 @@ def run_iters():
 @pytest.fixture(scope='session')
 def training_runs(tmp_path_factory, run_train, tiny_args):
     """training_runs(variant) trains a tiny model of RUN_VARIANTS[variant] three ways, once
-    per session: RUN_ITERS iterations straight ('straight'), half of them ('half'), then
+    per test run: RUN_ITERS iterations straight ('straight'), half of them ('half'), then
     resumed from that to RUN_ITERS ('resumed'). Returns {way: (out_dir, CompletedProcess)}."""
     cache = {}
 

@@ -98,7 +98,7 @@ def test_weight_tying():
 
 def test_untied_embeddings_and_their_init_scale():
     """tie_embeddings=False gives the embedding and the head a matrix each; embedding_init_std sets
-    the embedding's (the spec's reference run: N(0,1)), the head keeps GPT-2's 0.02."""
+    the embedding's (e.g. PyTorch's default N(0,1)), the head keeps GPT-2's 0.02."""
     untied = tiny('diffusion', tie_embeddings=False, embedding_init_std=1.0, n_embd=64)
     wte, head = untied.transformer.wte.weight, untied.lm_head.weight
     assert wte is not head and wte.shape == head.shape == (V + 2, 64)

@@ -32,15 +32,15 @@ class Denoiser(torch.nn.Module):
     has logit doubt[j] where the input is a written token, and -30 at a [MASK]. It records
     the input and the noise level of every pass."""
 
-    def __init__(self, word=WORD, defer=None, doubt=None, block=0):
+    def __init__(self, word=WORD, defer=None, doubt=None):
         super().__init__()
         n = len(word)
         self.word = torch.tensor(word)
         self.defer = torch.full((n,), -30.0) if defer is None else torch.tensor(defer)
         self.doubt = torch.full((n,), -30.0) if doubt is None else torch.tensor(doubt)
         self.config = SimpleNamespace(model_type='diffusion', mask_token_id=MASK, wrong_token_id=WRONG,
-                                      block_size=n, diffusion_block=block)
-        self.denoising_block = block if 0 < block < n else None
+                                      block_size=n, diffusion_block=0)
+        self.denoising_block = None # a full-sequence model: generate() gives it no cache
         self.inputs, self.noise_levels = [], []
 
     def forward(self, idx, noise_level=None, kv_cache=None, pos_offset=0, store=None, clean=None):
