@@ -5,7 +5,9 @@ PNG plots to --out, and prints the tables as it goes:
 $ python bench.py --ar_dir=out-shakespeare-ar-cpu \\
     --diffusion_dirs=out-shakespeare-diffusion-elbo-cpu,out-shakespeare-block-cpu
 The models may be trained on different datasets (tokenizers, e.g. characters and a BPE):
-every loss is given per token and per character, which compares across tokenizers.
+every loss is given per token and per character, which compares across tokenizers:
+$ python bench.py --ar_dir=out-quickstart-ar --extra_ar_dirs=out-bpe-ar \\
+    --diffusion_dirs=out-quickstart,out-bpe-block --samplers=left_to_right --step_counts=32,64,128
 1. validation loss: the AR NLL; every diffusion model's ELBO bound and masked CE;
 2. sample quality at a fixed temperature: NLL per character under an AR judge (which
    re-encodes the text with its own tokenizer) next to entropy and repetition, for AR
@@ -77,7 +79,7 @@ proofread_steps = 8 # confidence_sample steps that rewrite the flagged tokens
 proofread_temperature = 0.0 # 0 = argmax: a correction should be the likeliest word
 # speed
 speed_iters = 10 # timed training iterations per model, after 2 untimed ones
-speed_block_passes = '4,2' # denoising passes per block at which every block model's generation is timed, comma-separated
+speed_block_passes = '4,2' # passes per block at which every block model's generation is timed, comma-separated
 # -----------------------------------------------------------------------------
 configure(globals())
 # -----------------------------------------------------------------------------
@@ -172,12 +174,14 @@ models = [(names[os.path.normpath(d)], *load(d, 'diffusion', 'diffusion_dirs')) 
 by_name = {name: model for name, model, _ in ar_models + models} # every generator's model
 dataset_of = {name: checkpoint['config']['dataset'] for name, _, checkpoint in ar_models + models}
 datasets = list(dict.fromkeys(dataset_of.values()))
-vocab_of = {} # dataset: its token ids (below [MASK] and [WRONG] of a diffusion model), the same for all its models
-for name, model, _ in ar_models + models:
+vocab_of = {} # dataset: its token ids (below [MASK] and [WRONG]): meta.json's vocab_size, else its first model's
+for name, model, checkpoint in [(names[os.path.normpath(judge_dir)], judge, judge_ckpt)] + ar_models + models:
     base = model.config.mask_token_id if model.config.model_type == 'diffusion' else model.config.vocab_size
-    if vocab_of.setdefault(dataset_of[name], base) != base:
-        raise UserError(f"{name} has {base} token ids but another model of the dataset '{dataset_of[name]}' has "
-                        f"{vocab_of[dataset_of[name]]}: the models of one dataset must share its vocabulary")
+    data, meta = checkpoint['config']['dataset'], read_meta(checkpoint['config']['dataset'])
+    if vocab_of.setdefault(data, meta['vocab_size'] if meta else base) != base:
+        raise UserError(f"{name} has {base} token ids but the dataset '{data}' has {vocab_of[data]} "
+                        f"({'its meta.json' if meta else 'another of its models'}): the data was prepared again after "
+                        "the model was trained; retrain it, or prepare the data it was trained on")
 max_length = min(m.config.block_size for _, m, _ in models)
 if not max(2, repetition_n) <= sample_length <= max_length:
     raise UserError(f"sample_length={sample_length} must be between {max(2, repetition_n)} and {max_length} "
@@ -191,7 +195,8 @@ judge_encode, judge_decode = load_tokenizer(judge_dataset)
 judge_meta = read_meta(judge_dataset)
 # a char judge has no token for a character its training text lacked, which a BPE can write (any byte):
 # such characters are dropped before scoring, and counted
-unknown_to_judge = re.compile(f"[^{re.escape(''.join(judge_meta['itos']))}]") if judge_meta['tokenizer'] == 'char' else None
+judge_chars = ''.join(judge_meta['itos']) if judge_meta['tokenizer'] == 'char' else None
+unknown_to_judge = None if judge_chars is None else re.compile(f"[^{re.escape(judge_chars)}]")
 os.makedirs(out, exist_ok=True)
 # timings are only meaningful on an otherwise idle machine: say how busy it was
 busy = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, 'getloadavg') else ''
@@ -246,7 +251,8 @@ fractions = (0.15, 0.5, 0.9)
 losses = {} # name: (val NLL or bound in nats/token, [masked CE per fraction])
 with torch.no_grad(), ctx:
     for name, model, _ in ar_models:
-        losses[name] = np.mean([model(x, y)[1].item() for x, y in val_batches(dataset_of[name], model.config.block_size)]), []
+        batches = val_batches(dataset_of[name], model.config.block_size)
+        losses[name] = np.mean([model(x, y)[1].item() for x, y in batches]), []
 for name, model, checkpoint in progress(models, 'validation loss', 'model'):
     mask_id = model.config.mask_token_id
     batches = [x for x, _ in val_batches(dataset_of[name], model.config.block_size)]
@@ -372,7 +378,7 @@ def text_metrics(tokens, dataset):
     unigram entropy and repetition in the generator's own tokens, the characters written per
     sample, and the first sample decoded."""
     rows = texts(tokens, dataset)
-    stripped, unknown = zip(*(unknown_to_judge.subn('', row) for row in rows)) if unknown_to_judge else (rows, [0])
+    stripped, unknown = (rows, [0]) if unknown_to_judge is None else zip(*(unknown_to_judge.subn('', r) for r in rows))
     return dict(nll=judge_nll_per_char(judge, judge_encode, judge_decode, stripped, device), unknown=sum(unknown),
                 entropy=unigram_entropy(tokens), rep=repetition(tokens, repetition_n),
                 chars=written_chars(tokens, dataset) / len(rows), text=rows[0])
@@ -398,8 +404,8 @@ generations = [] # every measure() row, in order, for samples.txt
 def measure(name, sampler, steps, temp):
     """The metrics of one generator's num_samples samples at temperature temp, as a table row."""
     tokens, passes, seconds = sample(name, sampler, steps, temp, num_samples)
-    row = dict(text_metrics(tokens, dataset_of[name]), name=name, model=by_name[name], sampler=sampler, steps=steps, temperature=temp,
-               passes=passes)
+    row = dict(text_metrics(tokens, dataset_of[name]), name=name, model=by_name[name], sampler=sampler, steps=steps,
+               temperature=temp, passes=passes)
     generations.append(row)
     print(f"{name} {sampler} steps {steps} temperature {temp:.3f}: judge NLL {row['nll']:.3f}/char, entropy "
           f"{row['entropy']:.3f}, {passes} passes, {seconds:.2f}s", flush=True)
@@ -523,7 +529,8 @@ section('Sample quality at matched diversity', [
     ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge nats/char', 'vs AR', 'entropy',
      f'repeated {repetition_n}-grams', 'forward passes', 'chars/pass', 'matched'],
     [[*describe(r), r['temperature'] if r['model'] is None else fmt(r['temperature']), r.get('tries', '-'),
-      fmt(r['nll']), fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']), fmt(r['rep']), r['passes'], chars_per_pass(r),
+      fmt(r['nll']), fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']), fmt(r['rep']), r['passes'],
+      chars_per_pass(r),
       'reference' if r['model'] is None else 'yes' if r['matched'] else 'not matched']
      for r in [*val_rows.values()] + matched])
 print(f"matched diversity: {time.time() - t_matched:.0f}s", flush=True)
@@ -767,7 +774,8 @@ def write_plots():
                 ax.plot([r['passes'] for r in points], [r[key] for r in points], styles[sampler],
                         color=colours[name], label=f"{name} {sampler}")
         for r, style in zip(fixed[:len(datasets) + len(ar_models)], itertools.cycle(dashes)): # val texts and AR
-            ax.axhline(r[key], color=colours.get(r['name'], 'grey'), linestyle=style, label=f"{r['name']} ({r['sampler']})")
+            ax.axhline(r[key], color=colours.get(r['name'], 'grey'), linestyle=style,
+                       label=f"{r['name']} ({r['sampler']})")
         ax.set_xscale('log', base=2)
         ax.set_xlabel('forward passes')
         ax.set_ylabel(label)

@@ -26,7 +26,8 @@ def judge_token_nlls(judge, tokens):
     token past the first window is predicted from at least half a block of context."""
     L = tokens.size(1)
     block = judge.config.block_size
-    nlls, start, scored_to = [tokens.new_zeros(tokens.size(0), 0, dtype=torch.float)], 0, 1 # tokens[:, 1:scored_to] scored
+    nlls = [tokens.new_zeros(tokens.size(0), 0, dtype=torch.float)] # (B, 0) when there is nothing to score
+    start, scored_to = 0, 1 # the targets tokens[:, 1:scored_to] are scored
     while scored_to < L:
         window = tokens[:, start:start + block + 1]
         logits, _ = judge(window[:, :-1], window[:, 1:])

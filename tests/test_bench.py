@@ -71,7 +71,9 @@ def checkpoints(tiny_dataset, bpe_dataset, tmp_path_factory, run_train, tiny_arg
                 # an AR and a block diffusion model (blocks of 4) on the BPE: other tokens, the same char judge
                 bpe_ar=save_tiny(root / 'bpe_ar', bpe_dataset, BPE_VOCAB, 'gpt2'),
                 bpe_block=save_tiny(root / 'bpe_block', bpe_dataset, BPE_VOCAB, 'diffusion', 'elbo', diffusion_block=4),
-                bpe_dataset=bpe_dataset)
+                bpe_dataset=bpe_dataset,
+                # trained on the dataset as it was before a new prepare.py run added a character
+                stale=save_tiny(root / 'stale', name, meta['vocab_size'] - 1, 'diffusion'))
 
 
 def run_bench(*args):
@@ -253,6 +255,7 @@ def test_validation_loss_values(bench, checkpoints):
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--match_step_counts=0'], 'must be positive'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--extra_ar_dirs={c['ar']}", f"--diffusion_dirs={c['seed']}"],
      'ar_dir and extra_ar_dirs name a checkpoint twice'),
+    (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['stale']}"], 'the data was prepared again'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--min_temperature=3'], 'min_temperature'),
 ])
 def test_bench_user_errors(checkpoints, args, message):

@@ -172,5 +172,7 @@ def test_shipped_configs_pass_the_validation(monkeypatch):
             # the GPT-2 configs need transformers, and train_gpt2.py logs to wandb: optional packages
             missing = [p for p in ('transformers', 'wandb') if p in str(e) and importlib.util.find_spec(p) is None]
             # a config that continues an earlier run (the quick start's second step) needs that run's folder
-            chained = namespace.get('init_from') not in (None, 'scratch', 'resume') and f"not {namespace['init_from']!r}" in str(e)
+            init_from = namespace.get('init_from')
+            chained = init_from not in (None, 'scratch', 'resume') and (f"not {init_from!r}" in str(e)
+                                                                        or f"no checkpoint at {init_from}" in str(e))
             assert missing or chained, (cfg.name, str(e))

@@ -16,9 +16,10 @@ from conftest import ROOT, _env
 
 pytestmark = pytest.mark.slow
 
-# runs train.py (its command line is the probe's) in this process and prints, as one JSON line,
-# what this rank saw: its own p([MASK]) at every step, the p the controller was given, its own
-# bound and masked CE at every eval, and a hash of its parameters and [MASK] bias at the end
+# runs train.py (its command line is the probe's) in this process and writes to probe<rank>.json
+# (not stdout: the ranks share it, and their lines can interleave) what this rank saw: its own
+# p([MASK]) at every step, the p the controller was given, its own bound and masked CE at every
+# eval, and a hash of its parameters and [MASK] bias at the end
 PROBE = '''
 import hashlib, json, os, runpy, sys
 import torch
@@ -42,7 +43,8 @@ g = runpy.run_path(os.path.join({root!r}, 'train.py'), run_name='__main__')
 state = g['raw_model'].state_dict()
 seen['hash'] = hashlib.sha256(b''.join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
 seen['bias'] = state['mask_logit_bias'].item()
-print('PROBE ' + json.dumps(dict(seen, rank=int(os.environ['RANK']))), flush=True)
+with open(os.path.join({report!r}, f"probe{{os.environ['RANK']}}.json"), 'w') as f:
+    json.dump(seen, f)
 '''
 ITERS = 3
 TARGET, GAIN = 0.5, 0.3
@@ -53,16 +55,14 @@ def ddp_run(tiny_args, tmp_path_factory):
     """One 2-process run of an ELBO model (the bias controller on), 1 micro-batch per rank."""
     root = tmp_path_factory.mktemp('ddp')
     probe = root / 'probe.py'
-    probe.write_text(PROBE.format(root=str(ROOT)))
+    probe.write_text(PROBE.format(root=str(ROOT), report=str(root)))
     args = [*tiny_args, '--model_type=diffusion', '--pos_encoding=rope', '--loss_type=elbo', '--gradient_accumulation_steps=2',
             f'--max_iters={ITERS}', f'--eval_interval={ITERS}', '--warmup_iters=1', f'--lr_decay_iters={ITERS}',
             '--learning_rate=1e-2', f'--target_mask_prob={TARGET}', f'--mask_bias_gain={GAIN}', f'--out_dir={root / "out"}']
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(probe),
                         *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    ranks = sorted((json.loads(line[len('PROBE '):]) for line in r.stdout.splitlines() if line.startswith('PROBE ')),
-                   key=lambda p: p['rank'])
-    assert [p['rank'] for p in ranks] == [0, 1]
+    ranks = [json.loads((root / f'probe{rank}.json').read_text()) for rank in (0, 1)]
     return ranks, r.stdout, root / 'out'
 
 
