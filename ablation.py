@@ -62,6 +62,9 @@ SEED_ROWS = {
     'seed_clipped_tasks': ("clipped and per-task means", {'mask_rate_min': 0.3, 'mask_rate_max': 0.8, 'seed_normalise': 'tasks'}),
     'seed_wrong_0.2': ("[WRONG] share 0.2 instead of 1", {'wrong_share': 0.2}),
     'seed_clipped_wrong_0.2': ("clipped and [WRONG] share 0.2", {'mask_rate_min': 0.3, 'mask_rate_max': 0.8, 'wrong_share': 0.2}),
+    'seed_clipped_tasks_wrong_0.2': ("clipped, per-task means and [WRONG] share 0.2",
+                                     {'mask_rate_min': 0.3, 'mask_rate_max': 0.8, 'seed_normalise': 'tasks', 'wrong_share': 0.2}),
+    'seed_clipped_wrong_0.05': ("clipped and [WRONG] share 0.05", {'mask_rate_min': 0.3, 'mask_rate_max': 0.8, 'wrong_share': 0.05}),
     'seed_penalty_0.1': ("keep penalty 0.1 instead of 0.5", {'penalty_mask_correct': 0.1}),
     'seed_no_discount': ("no soft discount (reward_correct_unmask 1)", {'reward_correct_unmask': 1.0}),
 }

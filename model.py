@@ -221,8 +221,8 @@ class GPT(nn.Module):
             torch.nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=config.embedding_init_std)
 
     def get_num_params(self, non_embedding=True):
-        """Number of parameters; position embeddings are subtracted by default (token
-        embeddings count: tied, they are the output head; untied, they are as big as it)."""
+        """Number of parameters, less the position embeddings by default (token embeddings count:
+        tied, they are the output head; untied, they are as big as it)."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding and self.config.pos_encoding == 'learned':
             n_params -= self.transformer.wpe.weight.numel()
@@ -263,17 +263,14 @@ class GPT(nn.Module):
         """idx (B, T) token ids. Returns (logits, loss).
         gpt2: with targets, logits for every position and the next-token loss; without,
         logits of the last position only (inference), as in nanoGPT.
-        diffusion: logits (B, T, V) for every position with the [MASK] bias applied; the
-        loss is diffusion.py's business, so loss is None. noise_level (B,) in [0,1] is
-        used when config.time_conditioning is on.
-        A block diffusion model trained in one pass takes the clean text as well, clean (B, T):
-        it runs [idx ; clean] side by side (2T positions, both at positions 0..T-1, the mask of
-        two_stream_mask) and returns the logits of the noisy half. A full-sequence model ignores
-        clean (its one block sees no earlier clean block). Without clean, a block model sees
-        idx with block-causal attention, which is what sampling needs: finished blocks clean,
-        the current one noisy.
-        kv_cache: a list (one dict per layer) holding the keys and values of positions
-        0..pos_offset-1; the new tokens are appended to it, or only the first `store` of them."""
+        diffusion: float32 logits (B, T, V) for every position with the [MASK] bias applied;
+        loss None (diffusion.py's business). noise_level (B,) in [0,1] feeds time_conditioning.
+        A block diffusion model trained in one pass takes the clean text too, clean (B, T): it
+        runs [idx ; clean] side by side (2T positions, both at 0..T-1, two_stream_mask) and returns
+        the logits of the noisy half; a full-sequence model ignores clean. Without clean, a block
+        model sees idx block-causally, as sampling needs: finished blocks clean, the last noisy.
+        kv_cache: a list (one dict per layer) of the keys and values of positions 0..pos_offset-1;
+        the new tokens are appended to it, or only the first `store` of them."""
         device = idx.device
         b, t = idx.size()
         assert pos_offset + t <= self.config.block_size, f"Cannot forward sequence of length {pos_offset + t}, block size is only {self.config.block_size}"
@@ -322,12 +319,10 @@ class GPT(nn.Module):
             self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
 
     def to_diffusion(self, diffusion_block=0):
-        """Model surgery that turns an autoregressive model into a diffusion model:
-        attention becomes bidirectional (inside blocks of diffusion_block tokens, if > 0) and
-        the embedding and head (tied or not) grow by two rows, [MASK] and [WRONG], placed right
-        after the existing vocabulary. The new rows
-        start at the mean of the old ones plus a little noise: typical-looking
-        tokens whose logits start at the average level, not random directions."""
+        """Model surgery that turns an autoregressive model into a diffusion model: attention
+        becomes bidirectional (inside blocks of diffusion_block tokens, if > 0) and the embedding
+        and head (tied or not) grow by two rows, [MASK] and [WRONG], after the vocabulary. They start
+        at the mean of the old rows plus a little noise: typical tokens, not random directions."""
         assert self.config.model_type == 'gpt2', "already a diffusion model"
         def grown(old):
             new_rows = old.mean(0, keepdim=True) + 0.02 * torch.randn(2, old.size(1), device=old.device, dtype=old.dtype)
@@ -399,9 +394,8 @@ class GPT(nn.Module):
         return optimizer
 
     def estimate_mfu(self, fwdbwd_per_iter, dt):
-        """Model flops utilization in units of A100 bf16 peak FLOPS (312 TFLOPS), per the
-        PaLM paper Appendix B. A block diffusion model trains on rows of 2T positions (the
-        noisy and the clean text side by side), each attending over 2T keys."""
+        """Model flops utilization in units of A100 bf16 peak FLOPS (312 TFLOPS), per the PaLM paper
+        Appendix B; a block diffusion model trains on rows of 2T positions (noisy and clean text)."""
         N = self.get_num_params()
         cfg = self.config
         L, H, Q = cfg.n_layer, cfg.n_head, cfg.n_embd//cfg.n_head
