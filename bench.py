@@ -564,12 +564,18 @@ def ar_probs(model, tokens):
     return torch.cat([torch.full_like(probs[:, :1], float('inf')), probs], 1)
 
 
-def ar_threshold(name, model, rate):
-    """The probability below which an AR model flags a token: the F1-best one (best_threshold) on the
-    tuning draw of corrupted val batches at this rate."""
+def tuned_threshold(name, model, rate, score):
+    """The F1-best threshold (best_threshold) of a detector that flags the tokens whose score(model,
+    tokens) is below it, on the tuning draw of corrupted val batches at this rate."""
     batches = corrupted_batches(dataset_of[name], model.config.block_size, rate, tuning=True)
-    return best_threshold(torch.cat([ar_probs(model, corrupted) for _, corrupted, _ in batches]),
+    return best_threshold(torch.cat([score(model, corrupted) for _, corrupted, _ in batches]),
                           torch.cat([truth for _, _, truth in batches]))[0]
+
+
+def not_wrong(model, tokens):
+    """1 - p([WRONG]) of a diffusion model: low where it doubts a token (the score of tuned_threshold)."""
+    with ctx:
+        return 1 - diffusion.wrong_probs(model, tokens)
 
 
 @torch.no_grad()
@@ -589,13 +595,15 @@ def ar_rewrite(model, tokens, flags, vocab):
 def proofread_batch(name, model, corrupted, truth, cutoff, fix):
     """(flags, corrected, corrected with perfect detection) of corrupted rows. AR: flags the tokens less
     probable than cutoff given the text before them, rewritten by ar_rewrite. Diffusion: flags [WRONG]
-    and rewrites in proofread_steps confidence steps (diffusion.proofread), sampling with fix."""
+    (its argmax when cutoff is None, else p([WRONG]) > 1 - cutoff) and rewrites in proofread_steps
+    confidence steps (diffusion.proofread), sampling with fix."""
     if model.config.model_type == 'gpt2':
         flags, vocab = ar_probs(model, corrupted) < cutoff, vocab_of[dataset_of[name]]
         return flags, ar_rewrite(model, corrupted, flags, vocab), ar_rewrite(model, corrupted, truth, vocab)
     with ctx:
-        flags, corrected, _ = diffusion.proofread(model, corrupted, proofread_steps,
-                                                  temperature=proofread_temperature, generator=fix)
+        flags, corrected, _ = diffusion.proofread(model, corrupted, proofread_steps, generator=fix,
+                                                  threshold=None if cutoff is None else 1 - cutoff,
+                                                  temperature=proofread_temperature)
         # the same rewrite of exactly the substituted positions: what perfect detection would leave
         oracle, _ = diffusion.confidence_sample(model, torch.where(truth, model.config.mask_token_id, corrupted),
                                                 proofread_steps, temperature=proofread_temperature, generator=fix)
@@ -605,13 +613,18 @@ def proofread_batch(name, model, corrupted, truth, cutoff, fix):
 proofreading = [] # one dict per model and rate: name, label, block, objective, rate, prf, before, after, oracle
 for name, model, checkpoint in progress(ar_models + models, 'proofreading', 'model'):
     is_ar = model.config.model_type == 'gpt2'
-    for rate in proofread_rates:
-        cutoff = ar_threshold(name, model, rate) if is_ar else None
+    # AR: a tuned threshold on p(token | text before); diffusion: the [WRONG] argmax, then a tuned p([WRONG])
+    detectors = [(rate, cutoff) for rate in proofread_rates
+                 for cutoff in ([tuned_threshold(name, model, rate, ar_probs)] if is_ar
+                                else [None, tuned_threshold(name, model, rate, not_wrong)])]
+    for rate, cutoff in detectors:
         fix = torch.Generator(device=device).manual_seed(seed + 8) # the sampling of the corrections
         results = [(clean, corrupted, truth, *proofread_batch(name, model, corrupted, truth, cutoff, fix))
                    for clean, corrupted, truth in corrupted_batches(dataset_of[name], model.config.block_size, rate)]
         clean, corrupted, truth, flagged, corrected, oracle = (torch.cat(t) for t in zip(*results))
-        proofreading.append(dict(name=name, label=f"{name} AR p<{cutoff:.3g}" if is_ar else name,
+        label = (name if cutoff is None else f"{name} AR p<{cutoff:.3g}" if is_ar
+                 else f"{name} p([WRONG])>{1 - cutoff:.3g}")
+        proofreading.append(dict(name=name, label=label,
                                  block=block_label(model), objective='next token' if is_ar else objective(checkpoint),
                                  rate=rate, prf=detection_prf(flagged, truth), before=char_error_rate(corrupted, clean),
                                  after=char_error_rate(corrected, clean), oracle=char_error_rate(oracle, clean)))
@@ -619,8 +632,9 @@ section('Proofreading', [
     f"{eval_batches} val batches of {batch_size} rows of each model's block_size of its dataset; in every row exactly "
     "int(rate * block_size) positions get a random different token; the models of one dataset and block_size see the "
     "same corrupted batches. Diffusion detection: the positions diffusion.wrong_flags flags "
-    "[WRONG] (argmax over everything but [MASK]) against the substituted ones, counted over all positions "
-    "(precision, recall, F1 micro-averaged). "
+    "[WRONG] against the substituted ones, counted over all positions (precision, recall, F1 micro-averaged): "
+    "first where [WRONG] is the argmax over everything but [MASK], then (`p([WRONG])>threshold`) where p([WRONG]) "
+    "exceeds the F1-best threshold on the tuning draw of batches, as for the AR rows. "
     f"Correction: diffusion.proofread sends the flagged tokens back to [MASK] and rewrites them in {proofread_steps} "
     f"confidence steps at temperature {proofread_temperature}. Both see the whole row at once: a block model with "
     "its block-causal attention (each block sees itself and the blocks before it). Error rate: fraction of tokens "

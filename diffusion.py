@@ -525,21 +525,33 @@ def generate(model, x, sample_fn, on_step=None, **sampler_kwargs):
 
 
 @torch.no_grad()
-def wrong_flags(model, tokens, fixed=None):
-    """(B, T) bool: the positions whose argmax over everything but [MASK] is [WRONG],
-    i.e. the tokens the model says are incorrect; positions in fixed are never flagged."""
+def wrong_probs(model, tokens):
+    """(B, T): the model's probability of [WRONG] at every position, over everything but [MASK]."""
     logits = forbid(denoiser_logits(model, tokens), model.config.mask_token_id)
-    flags = logits.argmax(-1) == model.config.wrong_token_id
+    return logits.softmax(-1)[..., model.config.wrong_token_id]
+
+
+@torch.no_grad()
+def wrong_flags(model, tokens, fixed=None, threshold=None):
+    """(B, T) bool: the tokens the model says are incorrect, positions in fixed never. With
+    threshold None, those whose argmax over everything but [MASK] is [WRONG]; else those whose
+    p([WRONG]) exceeds threshold. A model trained with few random tokens gives [WRONG] a small
+    prior, so that its argmax rarely wins even where p([WRONG]) stands far above its usual level."""
+    if threshold is None:
+        logits = forbid(denoiser_logits(model, tokens), model.config.mask_token_id)
+        flags = logits.argmax(-1) == model.config.wrong_token_id
+    else:
+        flags = wrong_probs(model, tokens) > threshold
     return flags if fixed is None else flags & ~fixed
 
 
 @torch.no_grad()
-def proofread(model, tokens, steps, fixed=None, **sampling_kwargs):
-    """Flag the incorrect tokens of a text (wrong_flags), send them back to [MASK] and
-    rewrite them with confidence_sample(steps, **sampling_kwargs); every other position
-    stays as it was. An on_step in sampling_kwargs sees the flagged text as step 1.
+def proofread(model, tokens, steps, fixed=None, threshold=None, **sampling_kwargs):
+    """Flag the incorrect tokens of a text (wrong_flags with threshold), send them back to
+    [MASK] and rewrite them with confidence_sample(steps, **sampling_kwargs); every other
+    position stays as it was. An on_step in sampling_kwargs sees the flagged text as step 1.
     Returns (flags, corrected tokens, forward_passes)."""
-    flags = wrong_flags(model, tokens, fixed)
+    flags = wrong_flags(model, tokens, fixed, threshold)
     x = torch.where(flags, model.config.mask_token_id, tokens)
     on_step = sampling_kwargs.pop('on_step', None)
     if on_step is not None:

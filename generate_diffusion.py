@@ -37,6 +37,7 @@ out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (c
 start = '' # prefix prompt, or "FILE:path"; '' = write from scratch
 template = '' # a whole sequence with [MASK] / [MASK*N] placeholders to fill in, or "FILE:path"
 proofread = '' # a text to check and correct, or "FILE:path"
+wrong_threshold = None # proofread: flag a token when p([WRONG]) exceeds this (bench.py reports an F1-best one per model); None = where [WRONG] is the argmax
 num_samples = 4 # samples drawn in parallel, as one batch
 length = None # tokens per sample, prompt included; None = the model's block_size; longer text slides the context
 sampler = 'confidence' # 'confidence' (commit proposals in the order and number below) or 'refine' (the seed's loop: sample every position, rewrite what is flagged [WRONG])
@@ -110,6 +111,9 @@ if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) 
     raise UserError(f"top_k must be a positive integer or None, not {top_k!r}")
 if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1):
     raise UserError(f"top_p must be a number in (0, 1] or None, not {top_p!r}")
+if wrong_threshold is not None and (not isinstance(wrong_threshold, (int, float)) or isinstance(wrong_threshold, bool)
+                                    or not 0 < wrong_threshold < 1):
+    raise UserError(f"wrong_threshold must be a number in (0, 1) or None, not {wrong_threshold!r}")
 if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
     raise UserError(f"length must be a positive integer or None, not {length!r}")
 if trajectory and not trajectory.endswith(('.html', '.gif')):
@@ -362,7 +366,8 @@ def run():
         if proofread:
             if sampling['on_step'] is not None: # proofread() has no blocks or cache to show
                 sampling['on_step'] = lambda step, tokens: on_step(step, tokens, (0, len(ids)), 0)
-            flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask, **sampling)
+            flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask, threshold=wrong_threshold,
+                                                 **sampling)
             return y, passes, flags
         if sampler == 'confidence':
             y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=steps, schedule=schedule, remask=remask,

@@ -164,13 +164,15 @@ def test_bench_end_to_end(bench, checkpoints):
     ar = next(row for row in rows if row['model'] == 'ar')
     assert float(ar['vs AR']) == 1.0
 
-    # proofreading: every diffusion model's [WRONG] head and every AR model as a detector with its threshold
+    # proofreading: every AR model as a detector with its threshold, every diffusion model's [WRONG] head by
+    # its argmax and by its tuned threshold, at each rate
     header, *cells = table(results, 'Proofreading')
     proofreading = [dict(zip(header, row)) for row in cells]
     labels = [row['model'] for row in proofreading]
-    assert [re.sub(r' AR p<\S+$', ' AR', label) for label in labels] == [
-        name for name in ('ar AR', 'bpe_ar AR', 'seed', 'elbo', 'block', 'bpe_block') for _ in range(2)]
-    assert all(float(label.split('p<')[1]) > 0 for label in labels if 'p<' in label)
+    assert [re.sub(r' (AR p<|p\(\[WRONG\]\)>)\S+$', r' \1', label) for label in labels] == [
+        'ar AR p<', 'ar AR p<', 'bpe_ar AR p<', 'bpe_ar AR p<'] + [
+        label for name in ('seed', 'elbo', 'block', 'bpe_block') for _ in range(2) for label in (name, f'{name} p([WRONG])>')]
+    assert all(0 < float(re.split(r'p<|\)>', label)[1]) < 1 for label in labels if '<' in label or ')>' in label)
     for row in proofreading:
         assert all(0 <= float(row[key]) <= 1 for key in ('precision', 'recall', 'F1'))
         # a perfect detector's rewrite touches only substituted positions: it cannot add errors

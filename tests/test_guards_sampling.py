@@ -382,13 +382,17 @@ def test_generate_diffusion_proofread_rewrites_the_flagged_tokens(script_checkpo
     ids = [i for i, c in enumerate(meta['itos']) if c != '\n'][:20] # one line of text
     text = decode(ids)
     flagged_at = [3, 7, 12]
-    def flags_at(model, tokens, fixed=None): # the detector's verdict, so that the rewrite can be checked
+    thresholds = []
+
+    def flags_at(model, tokens, fixed=None, threshold=None): # the detector's verdict, so that the rewrite can be checked
+        thresholds.append(threshold)
         flags = torch.zeros_like(tokens, dtype=torch.bool)
         flags[:, flagged_at] = True
         return flags
     monkeypatch.setattr(diffusion, 'wrong_flags', flags_at)
     out = run_generate(monkeypatch, capsys, f'--out_dir={script_checkpoints[0]}', f'--proofread={text}', '--steps=2',
-                       '--num_samples=3', f'--output={tmp_path / "s.txt"}')
+                       '--num_samples=3', f'--output={tmp_path / "s.txt"}', '--wrong_threshold=0.25')
+    assert thresholds == [0.25]
     shown = ''.join(loading.WRONG_GLYPH if i in flagged_at else c for i, c in enumerate(text))
     assert f"flagged 3 of 20 tokens as [WRONG] (shown as {loading.WRONG_GLYPH}):\n{shown}\n" in out
     samples = (tmp_path / 's.txt').read_text(encoding='utf-8').split('\n---------------\n')[:-1]
@@ -398,3 +402,23 @@ def test_generate_diffusion_proofread_rewrites_the_flagged_tokens(script_checkpo
         assert len(written) == 20 and all(written[i] == ids[i] for i in range(20) if i not in flagged_at)
     # 3 masks in 2 cosine passes, after the detection pass; 3 samples x 3 tokens written
     assert re.search(r'3 samples of 20 tokens \(confidence, order random, commit schedule\): 3 forward passes', out)
+
+
+def test_wrong_flags_by_argmax_or_by_threshold():
+    """Argmax: [WRONG] must beat every word. Threshold: p([WRONG]) over everything but [MASK] above it,
+    which also flags a doubt that a likelier word outvotes; fixed positions never."""
+    n = len(WORD)
+    doubt = torch.full((n,), -30.0)
+    doubt[1], doubt[2] = 10.0, 0.0 # position 1: [WRONG] is the argmax; position 2: a real but outvoted doubt
+    model = Denoiser(doubt=doubt.tolist())
+    tokens = torch.zeros(1, n, dtype=torch.long)
+    p = diffusion.wrong_probs(model, tokens)[0]
+    words = torch.zeros(V + 1)
+    words[:V], words[V] = 0.0, doubt[2] # the logits at position 2 without [MASK]: word 2 % V has WORD[2]
+    words[2 % V] = WORD[2]
+    assert p[2].item() == pytest.approx(words.softmax(0)[V].item())
+    assert diffusion.wrong_flags(model, tokens)[0].nonzero().flatten().tolist() == [1]
+    assert diffusion.wrong_flags(model, tokens, threshold=p[2].item() / 2)[0].nonzero().flatten().tolist() == [1, 2]
+    fixed = torch.zeros(1, n, dtype=torch.bool)
+    fixed[0, 1] = True
+    assert diffusion.wrong_flags(model, tokens, fixed, threshold=p[2].item() / 2)[0].nonzero().flatten().tolist() == [2]
