@@ -24,7 +24,6 @@ Everything but the timings is the same on every run with the same seed and devic
 """
 
 import functools
-import itertools
 import math
 import os
 import re
@@ -41,6 +40,7 @@ from loading import (chars_per_token, get_batch, load_checkpoint, load_split, lo
 from metrics import (best_threshold, char_error_rate, detection_prf, judge_nll_per_char, judge_token_nlls, repetition,
                      substitute_tokens, unigram_entropy)
 from model import GPT, GPTConfig
+from plots import write_plots
 from progress import progress
 
 # -----------------------------------------------------------------------------
@@ -610,7 +610,7 @@ def proofread_batch(name, model, corrupted, truth, cutoff, fix):
     return flags, corrected, oracle
 
 
-proofreading = [] # one dict per model and rate: name, label, block, objective, rate, prf, before, after, oracle
+proofreading = [] # one dict per model, detector and rate: name, label, detector, block, objective, rate, prf, before, after, oracle
 for name, model, checkpoint in progress(ar_models + models, 'proofreading', 'model'):
     is_ar = model.config.model_type == 'gpt2'
     # AR: a tuned threshold on p(token | text before); diffusion: the [WRONG] argmax, then a tuned p([WRONG])
@@ -624,7 +624,7 @@ for name, model, checkpoint in progress(ar_models + models, 'proofreading', 'mod
         clean, corrupted, truth, flagged, corrected, oracle = (torch.cat(t) for t in zip(*results))
         label = (name if cutoff is None else f"{name} AR p<{cutoff:.3g}" if is_ar
                  else f"{name} p([WRONG])>{1 - cutoff:.3g}")
-        proofreading.append(dict(name=name, label=label,
+        proofreading.append(dict(name=name, label=label, detector='argmax' if cutoff is None else 'threshold',
                                  block=block_label(model), objective='next token' if is_ar else objective(checkpoint),
                                  rate=rate, prf=detection_prf(flagged, truth), before=char_error_rate(corrupted, clean),
                                  after=char_error_rate(corrected, clean), oracle=char_error_rate(oracle, clean)))
@@ -760,74 +760,8 @@ section('Generation speed', [
       f"{many[0]:,.0f}", f"{many[1]:,.0f}", fmt(one[1] / ar_speed[0][1], 2), fmt(many[1] / ar_speed[1][1], 2)]
      for (name, sampler, steps, per_block, temp, note), (one, many) in zip(timed_rows, generation)])
 
-# -----------------------------------------------------------------------------
-# plots
-
-
-def write_plots():
-    """PNG plots of the tables (matplotlib is optional): a colour per model, a marker per sampler."""
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install matplotlib)")
-        return []
-    cycle = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    colours = {name: cycle[i % len(cycle)] for i, (name, _, _) in enumerate(ar_models[1:] + models)}
-    colours[ar_name] = 'k'
-    dashes = ('--', ':', '-.') # the reference lines: val text and AR, one style each
-    styles = dict(zip(sampler_fns, itertools.cycle(('-o', '--s', ':^', '-.D', '-P', '--X', ':v'))))
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.5), layout='constrained')
-    for ax, key, label in zip(axes, ('nll', 'entropy', 'rep'),
-                              ('judge NLL (nats/char)', 'unigram entropy (nats)', f'repeated {repetition_n}-grams')):
-        for name, _, _ in models:
-            for sampler in samplers:
-                points = [r for r in fixed if r['name'] == name and r['sampler'] == sampler]
-                ax.plot([r['passes'] for r in points], [r[key] for r in points], styles[sampler],
-                        color=colours[name], label=f"{name} {sampler}")
-        for r, style in zip(fixed[:len(datasets) + len(ar_models)], itertools.cycle(dashes)): # val texts and AR
-            ax.axhline(r[key], color=colours.get(r['name'], 'grey'), linestyle=style,
-                       label=f"{r['name']} ({r['sampler']})")
-        ax.set_xscale('log', base=2)
-        ax.set_xlabel('forward passes')
-        ax.set_ylabel(label)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center', ncol=3, fontsize=8)
-    fig.suptitle(f'sample quality at temperature {temperature}: read the judge NLL next to entropy and repetition')
-    fig.savefig(os.path.join(out, 'sample_quality.png'), dpi=100)
-
-    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.3 * len(matched)), layout='constrained')
-    for i, r in enumerate(matched): # the table's order, best first; a cross where the band was missed
-        ax.plot(r['nll'], i, 'o' if r['matched'] else 'x', color=colours[r['name']])
-    ax.set_yticks(range(len(matched)), [f"{r['name']} {r['sampler']} {describe(r)[3]}" for r in matched], fontsize=8)
-    ax.invert_yaxis()
-    for r, style in zip(val_rows.values(), itertools.cycle(dashes)):
-        ax.axvline(r['nll'], color='k', linestyle=style, label=r['name'])
-    ax.set_xlabel('judge NLL (nats/char) at the unigram entropy of real text (x: not matched)')
-    ax.legend(fontsize=8)
-    fig.savefig(os.path.join(out, 'matched_diversity.png'), dpi=100)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout='constrained')
-    rates = [r * 100 for r in proofread_rates]
-    for name, _, _ in ar_models + models:
-        rows = [r for r in proofreading if r['name'] == name]
-        axes[0].plot(rates, [r['prf'][2] for r in rows], '-o', color=colours[name], label=name)
-        axes[1].plot(rates, [r['after'] for r in rows], '-o', color=colours[name], label=f"{name}: after proofread")
-    for d, style in zip(datasets, itertools.cycle(dashes)):
-        rows = [r for r in proofreading if dataset_of[r['name']] == d][:len(proofread_rates)]
-        axes[1].plot(rates, [r['before'] for r in rows], color='grey', linestyle=style, label=f'before ({d})')
-    for ax, label in zip(axes, ('detection F1 ([WRONG], or AR p<threshold)', 'token error rate')):
-        ax.set_xlabel('substituted tokens (%)')
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
-    fig.savefig(os.path.join(out, 'proofreading.png'), dpi=100)
-    plt.close('all')
-    return ['sample_quality.png', 'matched_diversity.png', 'proofreading.png']
-
-
-plots = write_plots()
-report.append(f"Plots: {', '.join(plots) if plots else 'none (matplotlib is not installed)'}. "
+plots = write_plots(out, fixed, matched, proofreading, dataset_of, temperature, repetition_n)
+report.append(f"Plots: {', '.join(plots) if plots else 'none (matplotlib is not installed: pip install matplotlib)'}. "
               f"The benchmark took {time.time() - t_start:.0f} s, {measure.cache_info().currsize} generations of "
               f"{num_samples} samples for the sample-quality tables.\n")
 with open(os.path.join(out, 'results.md'), 'w', encoding='utf-8') as f:

@@ -172,7 +172,7 @@ def test_bench_end_to_end(bench, checkpoints):
     assert [re.sub(r' (AR p<|p\(\[WRONG\]\)>)\S+$', r' \1', label) for label in labels] == [
         'ar AR p<', 'ar AR p<', 'bpe_ar AR p<', 'bpe_ar AR p<'] + [
         label for name in ('seed', 'elbo', 'block', 'bpe_block') for _ in range(2) for label in (name, f'{name} p([WRONG])>')]
-    assert all(0 < float(re.split(r'p<|\)>', label)[1]) < 1 for label in labels if '<' in label or ')>' in label)
+    assert all(0 <= float(re.split(r'p<|\)>', label)[1]) <= 1 for label in labels if '<' in label or ')>' in label)
     for row in proofreading:
         assert all(0 <= float(row[key]) <= 1 for key in ('precision', 'recall', 'F1'))
         # a perfect detector's rewrite touches only substituted positions: it cannot add errors
@@ -211,7 +211,7 @@ def test_bench_end_to_end(bench, checkpoints):
         import matplotlib # noqa: F401
         assert all((out / f).is_file() for f in ('sample_quality.png', 'matched_diversity.png', 'proofreading.png'))
     except ImportError:
-        assert 'matplotlib is not installed' in r.stdout
+        assert 'matplotlib is not installed' in (out / 'results.md').read_text(encoding='utf-8')
 
 
 def test_validation_loss_values(bench, checkpoints):
