@@ -12,7 +12,8 @@ A bare argument is a Python config file whose assignments override the defaults;
 Unlike nanoGPT, a mistake stops the run with one line instead of silently creating a
 new global: an unknown key (the closest known keys are suggested) or a value of the
 wrong type. An int is accepted where a float is expected, true/false spell bools, a
-key whose default is None takes any value, and values may contain '='.
+key whose default is None takes any value, and values may contain '='. --help (or -h)
+lists the options with their defaults and the comment beside each global, then exits.
 
 Every script imports this module first, so it also owns the project's way of
 reporting a user's mistake: raise UserError and the user sees one line, no traceback;
@@ -22,8 +23,10 @@ settings, before they touch any data, model or output.
 
 import ast
 import difflib
+import io
 import os
 import sys
+import tokenize
 import traceback
 
 
@@ -101,10 +104,42 @@ def _parse_value(text, default):
         return text
 
 
+def option_help(namespace):
+    """The --help text of a script: the first paragraph of its docstring, then every option as
+    --key=default and the comment beside its global (with the comment lines that continue it),
+    read from the script's source, so the comments stay the one description of each option."""
+    path = namespace.get('__file__')
+    source = open(path, encoding='utf-8').read() if path else ''
+    comments = {tok.start[0]: (tok.start[1], tok.string.lstrip('# ').rstrip())
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    described = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            text, line = [], node.end_lineno
+            if line in comments:
+                column, comment = comments[line]
+                text.append(comment)
+                # comment-only lines below, indented to the same column, continue it
+                while line + 1 in comments and comments[line + 1][0] == column and lines[line].lstrip().startswith('#'):
+                    line += 1
+                    text.append(comments[line][1])
+            described.setdefault(node.targets[0].id, ' '.join(text))
+    intro = (namespace.get('__doc__') or '').strip().split('\n\n')[0]
+    options = [f"  --{key}={namespace[key]!r}" + (f"\n      {described[key]}" if described.get(key) else '')
+               for key in config_keys(namespace)]
+    usage = f"usage: python {os.path.basename(path or 'script.py')} [config/file.py ...] [--key=value ...]"
+    return '\n'.join(filter(None, [usage, intro, 'options (the defaults; a config file or --key=value overrides them):',
+                                    *options]))
+
+
 def configure(namespace, argv=None):
     """Apply config files and --key=value overrides from argv (default sys.argv[1:]) to
     namespace (a script's globals()). Returns {key: value} of all config keys."""
     argv = sys.argv[1:] if argv is None else argv
+    if '--help' in argv or '-h' in argv:
+        print(option_help(namespace))
+        sys.exit(0)
     known = config_keys(namespace)
     DEFAULTS.clear()
     DEFAULTS.update({k: namespace[k] for k in known})
