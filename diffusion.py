@@ -37,8 +37,11 @@ def corrupt(x, generator, mask_token_id, wrong_token_id, guaranteed_correct_fact
     """The seed corruption. For each row independently:
         total = U(rate_min, min(rate_max, 1 - guaranteed_correct_factor))
         rate_random = U(0,1) * total * remask_ratio;  rate_mask = total - rate_random
-    exactly int(T*rate_mask) positions become [MASK] and int(T*rate_random) other
-    positions a random token that is never the original. Targets: the original token,
+    T*total positions are corrupted, T*rate_random of them with a random token that is never
+    the original and the rest with [MASK]. Counts are rounded stochastically (floor(v + U(0,1)),
+    first the corrupted count, then its random part), so that E[count] = T*rate however short
+    the row: floored counts of a 4-token block drew no random token at a remask_ratio of 0.2,
+    and never a fully masked block, with which every block starts when sampling. Targets: the original token,
     except [WRONG] at the randomised positions. [rate_min, rate_max] is the clipped range of
     BD3-LM: rows that are almost clean or almost all noise teach little and add variance.
     x (B, T) clean tokens of a base vocabulary of size mask_token_id.
@@ -47,9 +50,10 @@ def corrupt(x, generator, mask_token_id, wrong_token_id, guaranteed_correct_fact
     vocab = mask_token_id # base vocabulary size: the special ids come right after it
     high = min(rate_max, 1 - guaranteed_correct_factor)
     total = rate_min + torch.rand(B, generator=generator, device=x.device) * max(0.0, high - rate_min)
-    rate_random = torch.rand(B, generator=generator, device=x.device) * total * remask_ratio
-    rate_mask = total - rate_random
-    n_mask, n_random = (T * rate_mask).long(), (T * rate_random).long()
+    share_random = torch.rand(B, generator=generator, device=x.device) * remask_ratio # rate_random / total
+    n_corrupted = (T * total + torch.rand(B, generator=generator, device=x.device)).long()
+    n_random = (n_corrupted * share_random + torch.rand(B, generator=generator, device=x.device)).long()
+    n_mask = n_corrupted - n_random
     masked, randomised = random_positions((B, T), [n_mask, n_random], generator, x.device)
     inputs = torch.where(masked, mask_token_id, torch.where(randomised, random_other_tokens(x, vocab, generator), x))
     targets = torch.where(randomised, wrong_token_id, x)
