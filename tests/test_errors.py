@@ -6,8 +6,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -217,3 +219,20 @@ def test_shipped_configs_pass_the_validation(monkeypatch):
             chained = init_from not in (None, 'scratch', 'resume') and (f"not {init_from!r}" in str(e)
                                                                         or f"no checkpoint at {init_from}" in str(e))
             assert missing or chained, (cfg.name, str(e))
+
+
+@pytest.mark.parametrize('script, args', [
+    ('sample.py', ['--out_dir={ar}', '--max_new_tokens=1000000']),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--length=100000']),
+    ('bench.py', ['--ar_dir={ar}', '--diffusion_dirs={diff}', '--sample_length=16', '--out={tmp}/bench']),
+])
+def test_ctrl_c_is_one_line(places, script, args):
+    """Ctrl-C while a script loads or samples: exit 130 and one line, not a traceback."""
+    p = subprocess.Popen([sys.executable, script, *(a.format(**places) for a in args)], cwd=ROOT,
+                         env={**_env(), 'PYTHONUNBUFFERED': '1'}, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().startswith('Overriding') # the configuration is read: the script is under way
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1].startswith('stopped by Ctrl-C'), err # after the progress bar's lines, if any
