@@ -3,6 +3,9 @@ Training script for both kinds of model. Runs on a single device:
 $ python train.py config/train_shakespeare_diffusion_cpu.py
 or with DDP (NCCL on GPUs, gloo on CPUs), e.g. 8 GPUs on 1 node:
 $ torchrun --standalone --nproc_per_node=8 train.py config/train_shakespeare_diffusion.py
+or 2 nodes of 8 GPUs (run this on the master node, with node_rank=1 on the other):
+$ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=123.456.123.456 --master_port=1234 train.py ...
+Ctrl-C or SIGTERM saves a checkpoint after the step in progress; --init_from=resume continues.
 model_type='gpt2' trains the autoregressive model exactly as nanoGPT does;
 model_type='diffusion' trains the bidirectional model to repair corrupted text, with
 loss_type='seed' (the [MASK]/[WRONG] task-weighted recipe) or 'elbo' (masked diffusion).
