@@ -108,7 +108,7 @@ def assert_resumed_exactly(straight_run, out_dir, resumed_stdout, stop):
     assert all(la[it] == lb[it] for it in lb)
 
 
-@pytest.mark.parametrize('variant, sig', [('gpt2', signal.SIGINT), ('seed', signal.SIGTERM)])
+@pytest.mark.parametrize('variant, sig', [('gpt2', signal.SIGINT), ('seed', signal.SIGTERM)], ids=['gpt2-SIGINT', 'seed-SIGTERM'])
 def test_stop_one_process_and_resume(straight, tiny_args, tmp_path, variant, sig):
     out_dir = tmp_path / 'run'
     args = train_args(tiny_args, variant, out_dir)
