@@ -32,13 +32,13 @@ class UserError(Exception):
     """A mistake the user can fix (bad option, missing file, ...): shown as one line."""
 
 
-_stop_note = ''
+_ctrl_c_note = ''
 
 
 def note_for_ctrl_c(note):
     """Add note to the line that Ctrl-C prints: what a long script has written so far."""
-    global _stop_note
-    _stop_note = note
+    global _ctrl_c_note
+    _ctrl_c_note = note
 
 
 def _excepthook(exc_type, exc, tb):
@@ -48,7 +48,7 @@ def _excepthook(exc_type, exc, tb):
         print(f"error: {exc}", file=sys.__stderr__, flush=True)
         sys.exit(2)
     if issubclass(exc_type, KeyboardInterrupt): # Ctrl-C is how a user stops a script: not a bug
-        print(f"stopped by Ctrl-C{': ' + _stop_note if _stop_note else ''}", file=sys.__stderr__, flush=True)
+        print(f"stopped by Ctrl-C{': ' + _ctrl_c_note if _ctrl_c_note else ''}", file=sys.__stderr__, flush=True)
         sys.exit(130) # the shell's status for a process ended by SIGINT
     sys.__excepthook__(exc_type, exc, tb)
 
