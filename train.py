@@ -402,7 +402,7 @@ def check_stop(nonfinite):
     decision one rank took alone would leave the others waiting in the next all-reduce."""
     flags = torch.stack([nonfinite.float(), torch.tensor(float(stop_signal), device=device)]) # gloo reduces no bools
     if ddp:
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX) # any rank's NaN; the signal of any rank that got one
     nonfinite, signum = flags.tolist()
     if nonfinite:
         if ddp:
