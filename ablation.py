@@ -8,8 +8,9 @@ recipe='elbo' ablates the ELBO objective, recipe='seed' the [MASK]/[WRONG] recip
 $ python ablation.py                         # every ELBO row, two runs at a time, one thread each
 $ python ablation.py --rows=token_mean,bias --seeds=1337,1338,1339
 $ python ablation.py --recipe=seed
-Finished runs (train.py exited 0: a .done file beside the log) are read, not rerun, so
-the script can be stopped and started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
+Finished runs (train.py exited 0: a .done file beside the log) are read, not rerun, and
+runs stopped by Ctrl-C continue from their checkpoint, so the script can be stopped and
+started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
 """
 import os
 import re
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from configurator import configure, parse_list, require
+from configurator import configure, note_for_ctrl_c, parse_list, require
 from progress import progress
 
 recipe = 'elbo' # 'elbo' or 'seed': which config and rows (RECIPES below)
@@ -96,19 +97,26 @@ running = []
 print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to train, {jobs} at a time")
 bar = progress(len(todo), 'ablation', 'run') # runs finished, their rate and the time left
 while todo or running:
+    # Ctrl-C also reaches the trainings, which save a checkpoint and stop
+    note_for_ctrl_c(f"{len(done_logs)} of {len(runs)} runs are done (a .done file beside the log in {log_dir}); "
+                    "the same command again trains the others, continuing the stopped ones")
     while todo and len(running) < jobs:
         name, seed, log = todo.pop(0)
+        # a run stopped by Ctrl-C saved a checkpoint and said so in its log: it continues from there
+        stopped = os.path.exists(log) and '--init_from=resume continues' in open(log).read()
         args = [sys.executable, 'train.py', base_config, *shlex.split(train_args), f'--seed={seed}',
-                f'--out_dir={out_root}/{name}-s{seed}', *(f'--{k}={v}' for k, v in {**BASELINE, **ROWS[name][1]}.items())]
+                f'--out_dir={out_root}/{name}-s{seed}', *(f'--{k}={v}' for k, v in {**BASELINE, **ROWS[name][1]}.items()),
+                *(['--init_from=resume'] if stopped else [])]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         print(f"training {name} seed {seed}: {' '.join(args[1:])}", flush=True)
-        running.append((subprocess.Popen(args, stdout=open(log, 'w'), stderr=subprocess.STDOUT, env=env), log))
+        running.append((subprocess.Popen(args, stdout=open(log, 'a' if stopped else 'w'), stderr=subprocess.STDOUT, env=env), log))
     time.sleep(5)
     for proc, log in [r for r in running if r[0].poll() is not None]:
         running.remove((proc, log))
         bar.update()
         if proc.returncode == 0:
             open(log + '.done', 'w').close()
+            done_logs.add(log)
         else:
             print(f"error: {log} exited with {proc.returncode}: see that log", flush=True)
 bar.close()

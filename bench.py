@@ -33,7 +33,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from configurator import UserError, configure, parse_list, require_range
+from configurator import UserError, configure, note_for_ctrl_c, parse_list, require_range
 import diffusion
 from loading import (chars_per_token, get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint,
                      read_meta, setup_device, timed)
@@ -219,6 +219,7 @@ def section(title, notes, header, rows):
              *('| ' + ' | '.join(str(v) for v in row) + ' |' for row in rows), '']
     print('\n' + '\n'.join(lines), flush=True)
     report.extend(lines)
+    note_for_ctrl_c(f"the tables up to '{title}' are printed above; {os.path.join(out, 'results.md')} is written at the end")
 
 
 def val_batches(dataset, block_size, batch_seed=seed):

@@ -18,7 +18,8 @@ lists the options with their defaults and the comment beside each global, then e
 Every script imports this module first, so it also owns the project's way of
 reporting a user's mistake: raise UserError and the user sees one line, no traceback;
 require, require_choice and require_range are the checks the scripts make of their
-settings, before they touch any data, model or output.
+settings, before they touch any data, model or output. Ctrl-C, too, ends a script with
+one line (exit status 130), which a long script can extend with note_for_ctrl_c.
 """
 
 import ast
@@ -34,12 +35,24 @@ class UserError(Exception):
     """A mistake the user can fix (bad option, missing file, ...): shown as one line."""
 
 
+_ctrl_c_note = ''
+
+
+def note_for_ctrl_c(note):
+    """Add note to the line that Ctrl-C prints: what a long script has written so far."""
+    global _ctrl_c_note
+    _ctrl_c_note = note
+
+
 def _excepthook(exc_type, exc, tb):
+    # sys.__stderr__, not sys.stderr: torch.distributed wraps this hook with one that
+    # buffers sys.stderr and would drop the message when sys.exit leaves the hook
     if issubclass(exc_type, UserError):
-        # sys.__stderr__, not sys.stderr: torch.distributed wraps this hook with one that
-        # buffers sys.stderr and would drop the message when sys.exit leaves the hook
         print(f"error: {exc}", file=sys.__stderr__, flush=True)
         sys.exit(2)
+    if issubclass(exc_type, KeyboardInterrupt): # Ctrl-C is how a user stops a script: not a bug
+        print(f"stopped by Ctrl-C{': ' + _ctrl_c_note if _ctrl_c_note else ''}", file=sys.__stderr__, flush=True)
+        sys.exit(130) # the shell's status for a process ended by SIGINT
     sys.__excepthook__(exc_type, exc, tb)
 
 

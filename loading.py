@@ -90,7 +90,11 @@ def split_path(dataset, split, min_tokens=1):
     path = os.path.join(DATA_DIR, dataset, f'{split}.bin')
     if not os.path.isfile(path):
         raise UserError(f"no {split} data at {path}: run python data/{dataset}/prepare.py first")
-    tokens = os.path.getsize(path) // 2
+    size = os.path.getsize(path)
+    if size % 2:
+        raise UserError(f"{path} is {size} bytes, not a whole number of 2-byte tokens: it was cut short; "
+                        f"write it again with python data/{dataset}/prepare.py")
+    tokens = size // 2
     if tokens < min_tokens:
         raise UserError(f"{path} holds {tokens} tokens, fewer than the {min_tokens} needed (block_size + 1): "
                         f"prepare more text with python data/{dataset}/prepare.py, or lower block_size")
@@ -174,6 +178,16 @@ def model_from_checkpoint(checkpoint, device='cpu'):
     return model.to(device)
 
 
+def require_vocab(model, dataset, source, fix):
+    """model (from source) must read dataset's token ids: on another vocabulary every id
+    would be a different token; fix says what to do. A dataset without a meta.json (GPT-2
+    BPE) is taken as it is."""
+    meta = read_meta(dataset)
+    words = model.config.vocab_size - (2 if model.config.model_type == 'diffusion' else 0) # less [MASK] and [WRONG]
+    if meta is not None and meta['vocab_size'] != words:
+        raise UserError(f"{source} has a vocabulary of {words} tokens but data/{dataset}/meta.json has {meta['vocab_size']}: {fix}")
+
+
 def load_model(out_dir, device, model_type, script):
     """(model in eval mode, checkpoint without its optimizer state) from out_dir, refusing the
     other model type with a message that names the script that handles it. The checkpoint is
@@ -185,6 +199,9 @@ def load_model(out_dir, device, model_type, script):
         other = 'generate_diffusion.py' if found == 'diffusion' else 'sample.py'
         raise UserError(f"{out_dir} holds a '{found}' model but {script} needs a '{model_type}' model: use {other}")
     model = model_from_checkpoint(checkpoint, device)
+    dataset = checkpoint['config']['dataset']
+    require_vocab(model, dataset, os.path.join(out_dir, CHECKPOINT_NAME), f"the data was prepared again since it was trained: "
+                  f"prepare it as it was (python data/{dataset}/prepare.py), or retrain the model")
     model.eval()
     return model, checkpoint
 
@@ -253,9 +270,16 @@ def read_meta(dataset):
         return None
     try:
         with open(path, encoding='utf-8') as f:
-            return json.load(f)
+            meta = json.load(f)
     except (ValueError, UnicodeDecodeError) as e: # json's errors are ValueErrors
         raise UserError(f"{path} is not valid JSON ({type(e).__name__}): prepare the dataset again to rewrite it") from None
+    if not isinstance(meta, dict):
+        meta = {} # JSON, but not an object: every key is missing
+    needed = ['tokenizer', 'vocab_size'] + (['itos'] if meta.get('tokenizer') == 'char' else [])
+    missing = [key for key in needed if key not in meta]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: write it again with python data/{dataset}/prepare.py")
+    return meta
 
 
 def with_glyphs(decode, vocab_size):
@@ -285,10 +309,17 @@ def bpe_tokenizer(dataset, vocab_size):
     except ImportError:
         raise UserError(f"the {dataset} dataset is tokenized by a BPE of HuggingFace tokenizers: pip install tokenizers") from None
     path = os.path.join(DATA_DIR, dataset, 'tokenizer.json')
+    redo = (f"run python data/shakespeare_bpe/prepare.py --out_dir=data/{dataset} --vocab_size={vocab_size} "
+            "(the same text gives the same BPE)")
     if not os.path.isfile(path):
-        raise UserError(f"no BPE tokenizer at {path}: run python data/shakespeare_bpe/prepare.py --out_dir=data/{dataset} "
-                        f"--vocab_size={vocab_size} (the same text gives the same BPE)")
-    tokenizer = Tokenizer.from_file(path)
+        raise UserError(f"no BPE tokenizer at {path}: {redo}")
+    try:
+        tokenizer = Tokenizer.from_file(path)
+    except Exception as e: # the Rust side raises a bare Exception, e.g. for a file cut short or not JSON
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path} cannot be read as a tokenizer ({why}): {redo}") from None
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise UserError(f"{path} has {tokenizer.get_vocab_size()} tokens but meta.json beside it says {vocab_size}: {redo}")
     return (lambda text: tokenizer.encode(text).ids), with_glyphs(tokenizer.decode, vocab_size)
 
 

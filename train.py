@@ -3,6 +3,9 @@ Training script for both kinds of model. Runs on a single device:
 $ python train.py config/train_shakespeare_diffusion_cpu.py
 or with DDP (NCCL on GPUs, gloo on CPUs), e.g. 8 GPUs on 1 node:
 $ torchrun --standalone --nproc_per_node=8 train.py config/train_shakespeare_diffusion.py
+or 2 nodes of 8 GPUs (run this on the master node, with node_rank=1 on the other):
+$ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=123.456.123.456 --master_port=1234 train.py ...
+Ctrl-C or SIGTERM saves a checkpoint after the step in progress; --init_from=resume continues.
 model_type='gpt2' trains the autoregressive model exactly as nanoGPT does;
 model_type='diffusion' trains the bidirectional model to repair corrupted text, with
 loss_type='seed' (the [MASK]/[WRONG] task-weighted recipe) or 'elbo' (masked diffusion).
@@ -11,6 +14,8 @@ loss_type='seed' (the [MASK]/[WRONG] task-weighted recipe) or 'elbo' (masked dif
 import importlib.util
 import math
 import os
+import signal
+import sys
 import time
 from dataclasses import asdict
 
@@ -21,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import UserError, configure, require, require_choice, require_range
 import diffusion
 from loading import (checkpoint_path, chars_per_token, dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint,
-                     save_checkpoint, setup_device, split_path)
+                     require_vocab, save_checkpoint, setup_device, split_path)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -218,6 +223,8 @@ elif init_from == 'resume':
     if model_args['model_type'] != model_type:
         raise UserError(f"{out_dir} holds a '{model_args['model_type']}' model but model_type is '{model_type}': set --model_type={model_args['model_type']}")
     model = model_from_checkpoint(checkpoint)
+    require_vocab(model, dataset, out_dir, f"resume on the data it was trained on ({checkpoint['config']['dataset']}, "
+                  "prepared as it was), or train a new model in another out_dir")
     iter_num = checkpoint['iter_num']
     best_val_loss = checkpoint['best_val_loss']
 else:
@@ -231,8 +238,7 @@ else:
             raise UserError(f"{init_from} holds a '{source['model_args']['model_type']}' model; init_from a directory needs an autoregressive one (to continue a run use init_from='resume')")
         source['model_args']['dropout'] = dropout
         model = model_from_checkpoint(source)
-    if meta_vocab_size is not None and model.config.vocab_size != meta_vocab_size:
-        raise UserError(f"{init_from} has a vocabulary of {model.config.vocab_size} tokens but {dataset} has {meta_vocab_size}: train on the same tokenizer")
+    require_vocab(model, dataset, init_from, "train on the same tokenizer")
     if model_type == 'diffusion':
         model.to_diffusion(diffusion_block) # bidirectional attention (in blocks), embedding grown by [MASK] and [WRONG]
 if block_size < model.config.block_size:
@@ -378,17 +384,38 @@ def save():
                          'best_val_loss': best_val_loss, 'config': config, 'rng': rng}, out_dir)
 
 
-def stop_if_nonfinite(nonfinite):
-    """Stop every process, with the same one line, if any process saw a NaN/inf loss: a
+stop_signal = 0 # the SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) this process got, if any
+
+
+def on_stop_signal(signum, frame):
+    """Only take note: the run stops between two steps, where a checkpoint is whole. Later
+    signals change nothing (torchrun passes a terminal's Ctrl-C on to its workers, a second
+    time), so a save in progress is never cut short."""
+    global stop_signal
+    stop_signal = signum
+
+
+def check_stop(nonfinite):
+    """Stop every process at the same iteration, with the same one line, if any process saw a
+    NaN/inf loss (keeping the last good checkpoint) or was asked to stop by a signal (saving
+    this iteration's state first, as an eval does). One all-reduce carries both flags: a
     decision one rank took alone would leave the others waiting in the next all-reduce."""
+    flags = torch.stack([nonfinite.float(), torch.tensor(float(stop_signal), device=device)]) # gloo reduces no bools
     if ddp:
-        nonfinite = nonfinite.float() # gloo reduces no bools
-        dist.all_reduce(nonfinite)
-    if nonfinite.item():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX) # any rank's NaN; the signal of any rank that got one
+    nonfinite, signum = flags.tolist()
+    if nonfinite:
         if ddp:
             dist.destroy_process_group()
         raise UserError(f"the loss became NaN/inf before iteration {iter_num}: lower learning_rate or use dtype=float32; "
                         f"the last good checkpoint in {out_dir} was kept")
+    if signum:
+        save()
+        if master_process:
+            print(f"stopped at iter {iter_num}: checkpoint saved to {out_dir}; --init_from=resume continues", flush=True)
+        if ddp:
+            dist.destroy_process_group()
+        sys.exit(128 + int(signum)) # the shell's status for a process ended by that signal
 
 
 # logging
@@ -397,6 +424,8 @@ if wandb_log and master_process:
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
 # training loop
+signal.signal(signal.SIGINT, on_stop_signal)
+signal.signal(signal.SIGTERM, on_stop_signal)
 t0 = t_start = time.time()
 iter_start = iter_num
 local_iter_num = 0 # number of iterations in the lifetime of this process
@@ -410,7 +439,7 @@ while True:
 
     # evaluate the loss on train/val sets and write checkpoints
     if iter_num % eval_interval == 0 or iter_num == max_iters:
-        stop_if_nonfinite(nonfinite)
+        check_stop(nonfinite)
         losses = estimate_loss()
         if ddp: # every rank evaluated its own batches: report their mean
             values = torch.tensor(list(losses.values()), device=device)
@@ -473,8 +502,10 @@ while True:
     t0 = t1
     iter_num += 1
     local_iter_num += 1
-    if iter_num % log_interval == 0:
-        stop_if_nonfinite(nonfinite)
+    # the flags are read where the log syncs anyway; a single process also reads its own stop
+    # signal at once (under DDP the processes must agree, at the same iterations)
+    if iter_num % log_interval == 0 or (stop_signal and not ddp):
+        check_stop(nonfinite)
     if iter_num % log_interval == 0 and master_process:
         # get loss as float. note: this is a CPU-GPU sync point
         lossf = loss.item() * gradient_accumulation_steps

@@ -1,8 +1,11 @@
 """ablation.py end to end on the tiny dataset: every row x seed is trained once, the table
 reads each run's final eval, and a second call reuses the finished runs."""
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -38,3 +41,30 @@ def test_ablation_refuses_an_unknown_row():
     r = subprocess.run([sys.executable, 'ablation.py', '--rows=token_mean,bogus'], cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown rows ['bogus']" in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_ctrl_c_stops_the_trainings_and_the_same_command_continues_them(tiny_args, tmp_path):
+    """Ctrl-C reaches the whole process group, as in a terminal: each training saves and stops,
+    ablation.py says how many runs are done, and the same command again continues the stopped ones."""
+    tiny = ' '.join(tiny_args + ['--max_iters=400', '--lr_decay_iters=400', '--warmup_iters=1', '--eval_interval=400'])
+    args = [sys.executable, 'ablation.py', '--rows=token_mean', '--seeds=1,2', f'--train_args={tiny}',
+            f'--log_dir={tmp_path}/logs', f'--out_root={tmp_path}/out']
+    env = {**_env(), 'PYTHONUNBUFFERED': '1'} # the trainings' logs fill line by line
+    logs = [tmp_path / 'logs' / f'token_mean-s{seed}.log' for seed in (1, 2)]
+    p = subprocess.Popen(args, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    deadline = time.time() + 120
+    while not all(log.exists() and 'iter 3:' in log.read_text() for log in logs) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1].startswith('stopped by Ctrl-C: 0 of 2 runs are done'), err
+    for log in logs:
+        assert re.search(r'^stopped at iter \d+: checkpoint saved', log.read_text(), re.M), log.read_text()[-2000:]
+    again = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and '0 of 2 runs already finished; 2 to train' in again.stdout, again.stdout + again.stderr
+    for log in logs:
+        text = log.read_text()
+        assert 'Resuming training' in text and 'step 400:' in text # continued to the end, in the same log
+    assert re.search(r'^\| token_mean ', again.stdout, re.M)
