@@ -13,13 +13,13 @@ runs stopped by Ctrl-C continue from their checkpoint, so the script can be stop
 started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
 """
 import os
-import re
 import shlex
 import subprocess
 import sys
 import time
 
 from configurator import configure, note_for_ctrl_c, parse_list, require
+from loading import read_log
 from progress import progress
 
 recipe = 'elbo' # 'elbo' or 'seed': which config and rows (RECIPES below)
@@ -78,13 +78,12 @@ unknown = [r for r in names if r not in ROWS]
 require(not unknown, f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
 seed_list = parse_list(seeds, int, 'seeds')
 require(jobs >= 1, f"jobs must be >= 1, not {jobs}")
-FINAL = re.compile(r"step \d+: .*masked val CE 15/50/90%: ([\d.]+)/([\d.]+)/([\d.]+), val bound ([\d.]+)")
 
 
-def final_eval(log_path):
-    """(bound, ce15, ce50, ce90) of the last eval in the log of a finished run."""
-    ce15, ce50, ce90, bound = (float(v) for v in FINAL.findall(open(log_path).read())[-1])
-    return bound, ce15, ce50, ce90
+def final_eval(run_dir):
+    """(bound, ce15, ce50, ce90) of the last eval of a finished run, from train.py's log.jsonl."""
+    last = read_log(run_dir, 'eval')[-1]
+    return last['bound'], last['masked15'], last['masked50'], last['masked90']
 
 
 os.makedirs(log_dir, exist_ok=True)
@@ -124,7 +123,7 @@ bar.close()
 print(f"\n| row | change | val bound per seed ({', '.join(map(str, seed_list))}) | bound mean +- half spread | masked CE 15/50/90 % (mean) |")
 print("|---|---|---|---|---|")
 for name in names:
-    evals = [final_eval(log) for n, _, log in runs if n == name and os.path.exists(log + '.done')]
+    evals = [final_eval(f'{out_root}/{n}-s{seed}') for n, seed, log in runs if n == name and os.path.exists(log + '.done')]
     if not evals:
         continue
     bounds = [e[0] for e in evals]

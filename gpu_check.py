@@ -18,6 +18,7 @@ import sys
 import torch
 
 from configurator import UserError, configure, parse_list, require
+from loading import read_log
 
 iters = 300 # training iterations per model kind (the first ~10 include compilation and are not timed)
 kinds = 'ar,seed,elbo,block' # model kinds to train, from KINDS below
@@ -43,7 +44,6 @@ if device == 'cuda' and not torch.cuda.is_available():
     raise UserError("gpu_check.py needs a CUDA GPU: none is visible (use --device=cpu for a smoke test of the steps)")
 n_gpus = torch.cuda.device_count() if device == 'cuda' else 0
 os.makedirs(log_dir, exist_ok=True)
-ITER = re.compile(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms, ([\d,]+) tok/s, mfu ([-\d.]+)%.*?(?:peak memory ([\d.]+)GiB)?(?: \||$)", re.M)
 
 
 def run(name, cmd):
@@ -63,18 +63,19 @@ def train(kind, nproc=1):
     name = kind if nproc == 1 else f'{kind}-ddp{nproc}'
     launcher = [sys.executable] if nproc == 1 else [sys.executable, '-m', 'torch.distributed.run', '--standalone',
                                                     f'--nproc_per_node={nproc}']
-    text = run(name, [*launcher, 'train.py', KINDS[kind], f'--device={device}', '--compile=True', f'--max_iters={iters}',
-                      f'--lr_decay_iters={iters}', f'--eval_interval={iters}', '--log_interval=10',
-                      f'--out_dir={out_root}/{name}', *shlex.split(train_args)])
-    timed = [m for m in ITER.findall(text) if int(m[0]) > 10] # past compilation and warm-up
-    require(timed, f"{name}: no timed iterations in {log_dir}/{name}.log")
-    dtype = re.search(r"dtype (\w+)", text).group(1)
-    ms = statistics.median(float(m[1]) for m in timed)
-    tok_s = statistics.median(float(m[2].replace(',', '')) for m in timed)
-    memory = max((float(m[4]) for m in timed if m[4]), default=float('nan'))
-    final = re.findall(r"step \d+: .*", text)[-1]
-    score = (re.search(r"val bound [\d.]+", final) or re.search(r"val loss [\d.]+", final)).group(0) # a diffusion model's bound
-    return [name, dtype, f"{ms:.1f}", f"{tok_s:,.0f}", timed[-1][3], f"{memory:.2f}", score]
+    run_dir = f'{out_root}/{name}'
+    run(name, [*launcher, 'train.py', KINDS[kind], f'--device={device}', '--compile=True', f'--max_iters={iters}',
+               f'--lr_decay_iters={iters}', f'--eval_interval={iters}', '--log_interval=10', f'--out_dir={run_dir}',
+               *shlex.split(train_args)])
+    timed = [r for r in read_log(run_dir, 'iter') if r['iter'] > 10] # past compilation and warm-up
+    require(timed, f"{name}: no timed iterations in {run_dir}/log.jsonl")
+    dtype = read_log(run_dir, 'start')[-1]['dtype']
+    ms = statistics.median(r['ms'] for r in timed)
+    tok_s = statistics.median(r['tok_s'] for r in timed)
+    memory = max((r['peak_memory_gib'] for r in timed if 'peak_memory_gib' in r), default=float('nan'))
+    final = read_log(run_dir, 'eval')[-1]
+    score = f"val bound {final['bound']:.4f}" if 'bound' in final else f"val loss {final['val']:.4f}" # a diffusion model's bound
+    return [name, dtype, f"{ms:.1f}", f"{tok_s:,.0f}", f"{timed[-1]['mfu']:.2f}", f"{memory:.2f}", score]
 
 
 def generate(kind, sampler):

@@ -152,6 +152,45 @@ def save_checkpoint(checkpoint, out_dir):
         os.close(dir_fd)
 
 
+# ----------------------------------------------------------------------------
+# the training log: train.py's printed lines are for people; scripts read this
+
+LOG_NAME = 'log.jsonl'
+
+
+def log_records(out_dir):
+    """Every record of out_dir/log.jsonl, oldest first ([] before the first run)."""
+    path = os.path.join(out_dir, LOG_NAME)
+    records = []
+    for n, line in enumerate(open(path) if os.path.isfile(path) else [], 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"{path} line {n} is not JSON: the log was damaged; delete it, or train again into that out_dir") from None
+    return records
+
+
+def start_log(out_dir, keep_until):
+    """Begin out_dir/log.jsonl for a run: a fresh run (keep_until None) starts it empty; a resumed
+    run keeps the records up to its checkpoint's iteration, whose later ones it is about to redo."""
+    kept = [] if keep_until is None else [r for r in log_records(out_dir) if r.get('iter', 0) <= keep_until]
+    with open(os.path.join(out_dir, LOG_NAME), 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in kept)
+
+
+def append_log(out_dir, record):
+    """Add one record (a dict of numbers and strings, with a 'kind') to out_dir/log.jsonl, a JSON line."""
+    with open(os.path.join(out_dir, LOG_NAME), 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def read_log(out_dir, kind):
+    """The records of one kind ('start', 'iter' or 'eval') of a run's log, oldest first."""
+    if not os.path.isfile(os.path.join(out_dir, LOG_NAME)):
+        raise UserError(f"no training log at {os.path.join(out_dir, LOG_NAME)}: train.py writes it in its out_dir; train there first")
+    return [r for r in log_records(out_dir) if r.get('kind') == kind]
+
+
 def checkpoint_path(out_dir, key='out_dir'):
     """The path of out_dir's checkpoint; a UserError that names the option key if there is none."""
     path = os.path.join(out_dir, CHECKPOINT_NAME)

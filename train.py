@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError, configure, require, require_choice, require_range
 import diffusion
-from loading import (checkpoint_path, chars_per_token, dataset_vocab_size, get_batch, load_checkpoint, load_split, model_from_checkpoint,
-                     require_vocab, save_checkpoint, setup_device, split_path)
+from loading import (append_log, checkpoint_path, chars_per_token, dataset_vocab_size, get_batch, load_checkpoint, load_split,
+                     model_from_checkpoint, require_vocab, save_checkpoint, setup_device, split_path, start_log)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -426,6 +426,10 @@ if wandb_log and master_process:
 # training loop
 signal.signal(signal.SIGINT, on_stop_signal)
 signal.signal(signal.SIGTERM, on_stop_signal)
+if master_process:
+    start_log(out_dir, iter_num if init_from == 'resume' else None)
+    append_log(out_dir, dict(kind='start', iter=iter_num, device=str(device), world_size=ddp_world_size, dtype=dtype,
+                             tokens_per_iter=tokens_per_iter, model_type=model_type, loss_type=loss_type))
 t0 = t_start = time.time()
 iter_start = iter_num
 local_iter_num = 0 # number of iterations in the lifetime of this process
@@ -455,6 +459,7 @@ while True:
             if val_chars_per_token not in (None, 1.0): # the bound (diffusion) or the val loss (AR) per character
                 extra += f" = {losses['bound' if diffusion_mode else 'val'] / val_chars_per_token:.4f} nats/char"
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{extra}")
+            append_log(out_dir, dict(kind='eval', iter=iter_num, **losses, val_chars_per_token=val_chars_per_token))
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
                            "mfu": running_mfu*100, **{f"val/{k}": v for k, v in losses.items() if k not in ('train', 'val')}})
@@ -516,8 +521,10 @@ while True:
         eta = elapsed / (iter_num - iter_start) * (max_iters - iter_num)
         line = (f"iter {iter_num}: loss {lossf:.4f}, time {dt*1000:.2f}ms, {tokens_per_iter / dt:,.0f} tok/s, "
                 f"mfu {running_mfu*100:.2f}%, eta {eta / 60:.1f}min")
+        record = dict(kind='iter', iter=iter_num, loss=lossf, ms=dt * 1000, tok_s=tokens_per_iter / dt, mfu=running_mfu * 100)
         if device_type == 'cuda':
-            line += f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f}GiB"
+            record['peak_memory_gib'] = torch.cuda.max_memory_allocated() / 2**30
+            line += f", peak memory {record['peak_memory_gib']:.2f}GiB"
         if diffusion_mode:
             line += ' | ' + ', '.join(f"{k} {v.item():.3f}" for k, v in stat_sums.items())
             line += f", bias {raw_model.mask_logit_bias.item():.3f}"
@@ -526,6 +533,9 @@ while True:
                                                                            proofreading_warmup_iters, wrong_share)
                 line += f", penalty {penalty:.2f}, remask_ratio {remask_ratio:.2f}"
         print(line)
+        if diffusion_mode:
+            record.update({k: v.item() for k, v in stat_sums.items()}, bias=raw_model.mask_logit_bias.item())
+        append_log(out_dir, record)
 
 if ddp:
     dist.destroy_process_group()

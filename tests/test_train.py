@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from loading import load_checkpoint, model_from_checkpoint
+from configurator import UserError
+from loading import load_checkpoint, model_from_checkpoint, read_log
 
 pytestmark = pytest.mark.slow
 
@@ -157,6 +158,42 @@ def test_exact_resume(training_runs, variant, run_iters):
     half = iter_lines(runs['half'][1].stdout)
     assert set(half) == set(range(1, N // 2 + 1))
     assert la[N] != la[N // 2]
+
+
+@pytest.mark.parametrize('variant', ['gpt2', 'seed'])
+def test_the_json_log_holds_what_the_lines_print(training_runs, variant, run_iters):
+    """log.jsonl: a start record, one record per log line and per eval with the printed numbers;
+    the resumed run keeps the records up to its checkpoint and redoes the rest, so both runs
+    end with the same records but the timings."""
+    N = run_iters
+    runs = training_runs(variant)
+    straight_dir, straight = runs['straight']
+    (start,) = read_log(straight_dir, 'start')
+    assert start['iter'] == 0 and start['dtype'] == 'float32' and start['world_size'] == 1
+    evals = read_log(straight_dir, 'eval')
+    assert [r['iter'] for r in evals] == [0, N // 2, N]
+    assert {step: (round(r['train'], 4), round(r['val'], 4)) for r in evals for step in [r['iter']]} == eval_losses(straight.stdout)
+    if variant == 'seed':
+        assert {'masked15', 'masked50', 'masked90', 'bound'} <= set(evals[-1])
+    iters = read_log(straight_dir, 'iter')
+    assert [r['iter'] for r in iters] == list(range(1, N + 1))
+    assert all(r['ms'] > 0 and r['tok_s'] > 0 for r in iters)
+    printed = iter_lines(straight.stdout)
+    assert all(f"{r['loss']:.4f}" == printed[r['iter']][0] for r in iters)
+    split_dir, _ = runs['resumed']
+    starts = read_log(split_dir, 'start')
+    assert [r['iter'] for r in starts] == [0, N // 2]
+    untimed = lambda records: [{k: v for k, v in r.items() if k not in ('ms', 'tok_s', 'mfu')} for r in records]
+    assert untimed(read_log(split_dir, 'iter')) == untimed(iters)
+    assert read_log(split_dir, 'eval')[-1] == evals[-1]
+
+
+def test_a_damaged_json_log_is_one_line(tmp_path):
+    (tmp_path / 'log.jsonl').write_text('{"kind": "eval", "iter": 0}\n{"kind": "ev')
+    with pytest.raises(UserError, match=r"log.jsonl line 2 is not JSON: the log was damaged"):
+        read_log(tmp_path, 'eval')
+    with pytest.raises(UserError, match=r"no training log at .*: train.py writes it"):
+        read_log(tmp_path / 'none', 'eval')
 
 
 # ----------------------------------------------------------------------------
