@@ -20,7 +20,8 @@ $ python bench.py --ar_dir=out-quickstart-ar --extra_ar_dirs=out-bpe-ar \\
    token given the text before it) that rewrites what it flags with its argmax;
 5. speed: training ms/iteration and tokens/s of AR, full-sequence and block diffusion
    models of one size; generation tokens/s and characters/s at batch 1 and in a batch.
-Everything but the timings is the same on every run with the same seed and device.
+Stages 2 and 3 are one stage of the script (sample quality); everything but the timings is the
+same on every run with the same seed and device.
 """
 
 import functools
@@ -667,7 +668,7 @@ blocks = sorted({m.denoising_block for _, m, _ in models if m.denoising_block an
 
 
 def training_speed(model_args):
-    """(tokens/s, seconds per iteration, parameters) of train.py's step on a fresh model:
+    """(tokens/s, seconds per iteration, the model) of train.py's step on a fresh model:
     for diffusion the ELBO objective (mask-only corruption of each block, or of each row,
     the two-stream pass of a block model); forward, loss, backward, gradient clipping, AdamW
     and, for diffusion, the [MASK] bias controller. One batch of real val text is reused:

@@ -120,8 +120,8 @@ def ramp(it, warmup_iters):
     return 1.0 if warmup_iters <= 0 else min(1.0, it / warmup_iters)
 
 
-def get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters, wrong_share=1.0):
-    """The dual curriculum: (current_penalty_mask_correct, remask_ratio) at iteration it.
+def curriculum(it, penalty_mask_correct, masking_warmup_iters, proofreading_warmup_iters, wrong_share=1.0):
+    """The dual curriculum at iteration it: (the keep penalty, remask_ratio) of that iteration.
     The model first learns to fill in masks with no penalty for touching correct tokens,
     then the penalty and the share of proofreading work (random tokens to flag as
     [WRONG]) ramp up, the latter to wrong_share. A pure function of it, so a resumed run

@@ -39,20 +39,13 @@ def judge_token_nlls(judge, tokens):
     return torch.cat(nlls, 1)
 
 
-def judge_nll(judge, tokens):
-    """Mean negative log-likelihood, in nats per token, of tokens[:, 1:] each given all
-    the tokens before it in its row (judge_token_nlls): how plausible the judge finds the text."""
-    B, L = tokens.shape
-    return judge_token_nlls(judge, tokens).sum().item() / (B * (L - 1))
-
-
 def judge_nll_per_char(judge, encode, decode, texts, device='cpu'):
     """Negative log-likelihood in nats per character of texts (a list of strings) under an
     autoregressive judge with its own tokenizer (encode: str -> ids, decode: ids -> str):
     each text is encoded, and every token after its first is scored given all the tokens
     before it (judge_token_nlls); the sum over all texts is divided by the characters those
     tokens hold (each text's length less its first token's). The text of any tokenizer is
-    scored on one scale so, and with a char judge this is judge_nll of the text's ids."""
+    scored on one scale so, and with a char judge this is the mean NLL per token of the text's ids."""
     ids = [torch.tensor(encode(text), dtype=torch.long) for text in texts]
     lengths = torch.tensor([len(i) for i in ids], device=device)
     tokens = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True).to(device) # padded at the end: never context

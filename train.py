@@ -248,7 +248,7 @@ elif block_size > model.config.block_size:
 model.to(device)
 diffusion_mode = model.config.model_type == 'diffusion'
 mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
-denoising_block = model.denoising_block or block_size # one noise level per this many tokens
+noise_span = model.denoising_block or block_size # tokens that share one noise level: a block, or a whole row
 
 # initialize a GradScaler. If enabled=False scaler is a no-op
 scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
@@ -299,19 +299,19 @@ def model_loss(x, y, generator, it):
         with ctx:
             _, loss = model(x, y)
         return loss, {}
-    rows = diffusion.block_rows(x, denoising_block)
+    rows = diffusion.block_rows(x, noise_span)
     if loss_type == 'elbo':
         inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(
             rows, generator, mask_id, noise_schedule, max(mask_rate_min, 1e-3), mask_rate_max)
     else:
-        penalty, remask_ratio = diffusion.get_corruption_scheduler(it, penalty_mask_correct, masking_warmup_iters,
+        penalty, remask_ratio = diffusion.curriculum(it, penalty_mask_correct, masking_warmup_iters,
                                                                    proofreading_warmup_iters, wrong_share)
         inputs, targets, noise_level = diffusion.corrupt(rows, generator, mask_id, wrong_id, guaranteed_correct_factor,
                                                          remask_ratio, mask_rate_min, mask_rate_max)
     with ctx:
         # noise_level is per block row: only time conditioning reads it, and block models have none
         logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x)
-    logits = diffusion.block_rows(logits, denoising_block)
+    logits = diffusion.block_rows(logits, noise_span)
     if loss_type == 'elbo':
         loss, stats = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id, loss_weighting)
     else:
@@ -345,7 +345,7 @@ def estimate_loss():
             eval_noise = torch.Generator(device=device).manual_seed(seed + 2 + seed_offset)
             out[f'masked{int(fraction * 100)}'] = diffusion.masked_val_loss(model, batches, mask_id, fraction, eval_noise, ctx)
         eval_noise = torch.Generator(device=device).manual_seed(seed + 1 + seed_offset)
-        out['bound'] = diffusion.elbo_bound(model, batches, mask_id, denoising_block, noise_schedule, eval_noise, ctx)
+        out['bound'] = diffusion.elbo_bound(model, batches, mask_id, noise_span, noise_schedule, eval_noise, ctx)
     model.train()
     return out
 
@@ -529,7 +529,7 @@ while True:
             line += ' | ' + ', '.join(f"{k} {v.item():.3f}" for k, v in stat_sums.items())
             line += f", bias {raw_model.mask_logit_bias.item():.3f}"
             if loss_type == 'seed':
-                penalty, remask_ratio = diffusion.get_corruption_scheduler(iter_num, penalty_mask_correct, masking_warmup_iters,
+                penalty, remask_ratio = diffusion.curriculum(iter_num, penalty_mask_correct, masking_warmup_iters,
                                                                            proofreading_warmup_iters, wrong_share)
                 line += f", penalty {penalty:.2f}, remask_ratio {remask_ratio:.2f}"
         print(line)

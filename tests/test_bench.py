@@ -18,7 +18,7 @@ import diffusion
 from conftest import ROOT, _tiny_text
 from loading import (chars_per_token, get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint,
                      save_checkpoint)
-from metrics import best_threshold, detection_prf, judge_nll, judge_nll_per_char, judge_token_nlls
+from metrics import best_threshold, detection_prf, judge_nll_per_char, judge_token_nlls
 from model import GPT, GPTConfig
 from test_bpe import VOCAB as BPE_VOCAB, prepare as prepare_bpe
 
@@ -308,7 +308,7 @@ def test_judge_scores_the_val_text_per_character(bench, checkpoints):
         nll = float(rows[f'val text {dataset}'][6])
         assert nll == pytest.approx(total / sum(len(text) - 1 for text in texts), abs=6e-4)
         if dataset == char:
-            assert nll == pytest.approx(judge_nll(judge, reference), abs=6e-4)
+            assert nll == pytest.approx(judge_token_nlls(judge, reference).mean().item(), abs=6e-4)
 
 
 class PairJudge(torch.nn.Module):
@@ -354,7 +354,7 @@ def test_judge_nll_per_char_equals_judge_nll_for_chars():
     texts = [''.join(itos[i] for i in row) for row in rows.tolist()]
     per_char = judge_nll_per_char(judge, lambda text: [itos.index(c) for c in text],
                                   lambda seq: ''.join(itos[i] for i in seq), texts)
-    assert per_char == pytest.approx(judge_nll(judge, rows), rel=1e-6)
+    assert per_char == pytest.approx(judge_token_nlls(judge, rows).mean().item(), rel=1e-6)
 
 
 def test_best_threshold_maximises_f1():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from diffusion import (corrupt, corrupt_fixed_fraction, corrupt_mask_only, elbo_loss, get_corruption_scheduler,
+from diffusion import (corrupt, corrupt_fixed_fraction, corrupt_mask_only, elbo_loss, curriculum,
                        mask_schedule, mask_statistics, masked_cross_entropy, task_weighted_loss, update_mask_bias)
 
 V = 11 # base vocabulary
@@ -174,7 +174,7 @@ def test_corrupt_fixed_fraction(fraction):
 # the dual curriculum
 
 def test_corruption_scheduler():
-    sched = lambda it: get_corruption_scheduler(it, 0.5, masking_warmup_iters=100, proofreading_warmup_iters=400)
+    sched = lambda it: curriculum(it, 0.5, masking_warmup_iters=100, proofreading_warmup_iters=400)
     assert sched(0) == (0.0, 0.0)
     assert sched(50) == pytest.approx((0.25, 0.125))
     assert sched(100) == pytest.approx((0.5, 0.25)) # end of the masking ramp
@@ -185,7 +185,7 @@ def test_corruption_scheduler():
     values = [sched(it) for it in range(0, 500, 7)]
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(values, values[1:]))
     # no warmup: everything from the start
-    assert get_corruption_scheduler(0, 0.7, 0, 0) == pytest.approx((0.7, 1.0))
+    assert curriculum(0, 0.7, 0, 0) == pytest.approx((0.7, 1.0))
 
 
 # ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 
 import diffusion
 import loading
-from metrics import judge_nll
+from metrics import judge_token_nlls
 from model import GPT, GPTConfig
 
 V = 10 # base vocabulary
@@ -130,7 +130,7 @@ def seed_val_loss(out_dir, it):
     mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
     val = loading.load_split(cfg['dataset'], 'val')
     batches, noise = torch.Generator().manual_seed(cfg['seed']), torch.Generator().manual_seed(cfg['seed'] + 1)
-    penalty, remask_ratio = diffusion.get_corruption_scheduler(it, cfg['penalty_mask_correct'], cfg['masking_warmup_iters'],
+    penalty, remask_ratio = diffusion.curriculum(it, cfg['penalty_mask_correct'], cfg['masking_warmup_iters'],
                                                                cfg['proofreading_warmup_iters'])
     losses = []
     for _ in range(cfg['eval_iters']):
@@ -177,5 +177,5 @@ def test_judge_scores_every_token_after_the_first_window_with_half_a_block_of_co
     """Only the first window's tokens with fewer than block // 2 tokens before them are scored
     with less context: 40 tokens, the first block // 2 - 1 targets uniform, the rest sure."""
     tokens = torch.randint(V, (2, 40), generator=torch.Generator().manual_seed(0))
-    nll = judge_nll(ContextJudge(block, block // 2), tokens)
+    nll = judge_token_nlls(ContextJudge(block, block // 2), tokens).mean().item()
     assert nll == pytest.approx((block // 2 - 1) * math.log(V) / 39, abs=1e-6)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metrics import char_error_rate, detection_prf, judge_nll, repetition, substitute_tokens, unigram_entropy
+from metrics import char_error_rate, detection_prf, judge_token_nlls, repetition, substitute_tokens, unigram_entropy
 from model import GPT, GPTConfig
 
 
@@ -33,24 +33,24 @@ def bigram_nll_by_hand(rows, vocab):
     return (-hits * math.log(BigramJudge.P) - (scored - hits) * math.log(p_other)) / scored
 
 
-def test_judge_nll_uniform_gpt():
+def test_judge_token_nlls_uniform_gpt():
     # a GPT whose (tied) embedding/head is zero outputs logits 0: the uniform distribution
     torch.manual_seed(0)
     judge = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16))
     torch.nn.init.zeros_(judge.lm_head.weight)
     judge.eval()
     tokens = torch.randint(0, 11, (3, 8))
-    assert judge_nll(judge, tokens) == pytest.approx(math.log(11), rel=1e-6)
+    assert judge_token_nlls(judge, tokens).mean().item() == pytest.approx(math.log(11), rel=1e-6)
     # rows longer than the context are scored in sliding windows, with the same answer
-    assert judge_nll(judge, torch.randint(0, 11, (2, 21))) == pytest.approx(math.log(11), rel=1e-6)
+    assert judge_token_nlls(judge, torch.randint(0, 11, (2, 21))).mean().item() == pytest.approx(math.log(11), rel=1e-6)
 
 
 @pytest.mark.parametrize('block_size', [1, 2, 3, 4, 100])
-def test_judge_nll_bigram(block_size):
+def test_judge_token_nlls_bigram(block_size):
     # every token after the first is scored exactly once whatever the context length
     rows = [[0, 1, 2, 3, 4, 0, 2, 3, 1, 1], [4, 0, 1, 3, 3, 4, 0, 1, 2, 0]]
     judge = BigramJudge(5, block_size)
-    assert judge_nll(judge, torch.tensor(rows)) == pytest.approx(bigram_nll_by_hand(rows, 5), rel=1e-6)
+    assert judge_token_nlls(judge, torch.tensor(rows)).mean().item() == pytest.approx(bigram_nll_by_hand(rows, 5), rel=1e-6)
 
 
 def test_unigram_entropy():
