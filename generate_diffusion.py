@@ -18,8 +18,6 @@ Masks are shown as \u2591, flagged tokens as \u2717. Progress (positions written
 the time left) goes to stderr, the samples to stdout.
 """
 
-import html
-import json
 import os
 import re
 import sys
@@ -31,6 +29,7 @@ from configurator import UserError, configure, require_choice, require_range
 import diffusion
 from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, read_text, setup_device, timed
 from progress import progress
+from trajectory import render_terminal, token_states, write_gif, write_html
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (ckpt.pt)
@@ -120,7 +119,7 @@ if trajectory and not trajectory.endswith(('.html', '.gif')):
     raise UserError(f"--trajectory writes an HTML page or a GIF animation: give it a path ending in .html or .gif, not {trajectory!r}")
 if trajectory.endswith('.gif'):
     try:
-        from PIL import Image, ImageDraw, ImageFont
+        from PIL import ImageFont
     except ImportError:
         raise UserError(f"--trajectory={trajectory} needs Pillow for the animation: pip install pillow") from None
     if not hasattr(ImageFont, 'load_default_imagefont'): # Pillow 10.1 made load_default() a scalable font
@@ -159,27 +158,8 @@ else:
 x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(num_samples, 1)
 
 
-# watching it think: the first sample after every forward pass
-def render(row, prev, span, cached, colour):
-    """The text of a sequence, masks as glyphs; with colour (ANSI escape codes), tokens
-    written in this step in green, tokens sent back to [MASK] in red, the positions being
-    written (the block, or window) in bold and those held in the KV cache underlined."""
-    parts = []
-    for i, (t, p) in enumerate(zip(row, prev)):
-        text = decode([t])
-        if colour:
-            style = ['1'] if span[0] <= i < span[1] else ['4'] if span[0] - cached <= i < span[0] else []
-            if t == mask_id:
-                style.append('31' if p != mask_id else '2')
-            elif p == mask_id:
-                style.append('32')
-            text = f"\x1b[{';'.join(style)}m{text}\x1b[0m" if style else text
-        parts.append(text)
-    return ''.join(parts)
-
-
-frames = [ids] # token ids of the first sample, one list per step
-spans, caches = [[0, 0]], [0] # per frame: the positions being written, and how many before them are cached
+# watching it think: the first sample after every forward pass, replayed by trajectory.py
+replay = {'frames': [ids], 'spans': [[0, 0]], 'cached': [0], 'fixed': (x[0] != mask_id).tolist()}
 tty = sys.stdout.isatty()
 
 
@@ -192,165 +172,13 @@ def on_step(step, tokens, span, cached):
     if show_steps:
         screen = '\x1b[H\x1b[2J' if tty else '' # redraw in place on a terminal, a log otherwise
         where = f"writing {span[0]}-{span[1] - 1}" + (f", {cached} cached" if cached else '')
-        print(f"{screen}step {step}: {where}, {row.count(mask_id)} masked\n{render(row, frames[-1], span, cached, tty)}\n", flush=True)
-    frames.append(row)
-    spans.append(list(span))
-    caches.append(cached)
+        states = token_states(row, replay['frames'][-1], replay['fixed'], span, cached, mask_id)
+        print(f"{screen}step {step}: {where}, {row.count(mask_id)} masked\n"
+              f"{render_terminal(row, states, decode, MASK_GLYPH, tty)}\n", flush=True)
+    replay['frames'].append(row)
+    replay['spans'].append(list(span))
+    replay['cached'].append(cached)
 
-
-def write_trajectory(path, fixed):
-    """A self-contained HTML page (no network) replaying frames with a slider; fixed
-    lists the positions the sampler was not allowed to change."""
-    data = {'title': f"{out_dir}: {sampler} sampler", 'frames': frames, 'spans': spans, 'cached': caches,
-            'fixed': fixed, 'mask': mask_id, 'glyph': MASK_GLYPH,
-            'text': {t: decode([t]) for t in set().union(*frames) if t != mask_id}}
-    # as JSON inside <script>: escaping <, > and & keeps "</script>" in a token from ending it
-    payload = json.dumps(data, ensure_ascii=False).replace('<', '\\u003c').replace('>', '\\u003e').replace('&', '\\u0026')
-    page = TRAJECTORY_PAGE.replace('@TITLE@', html.escape(data['title'])).replace('@DATA@', payload)
-    with open(path, 'w', encoding='utf-8') as f:
-        f.write(page)
-    print(f"wrote the trajectory of sample 1 ({len(frames) - 1} steps) to {path}")
-
-
-TRAJECTORY_PAGE = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>@TITLE@</title>
-<style>
-body { font-family: sans-serif; margin: 2em; max-width: 60em; }
-#text { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; border: 1px solid #ccc; padding: 1em; line-height: 1.6; }
-.active { background: #e3ecf7; } .cached { border-bottom: 2px solid #9bd; }
-.fixed { font-weight: bold; } .mask { color: #aaa; } .new { background: #c8f7c5; } .flagged { background: #f7c5c5; }
-</style></head><body>
-<h3>@TITLE@</h3>
-<p><button id="play">play</button> <input id="slider" type="range" min="0" value="0" style="width: 30em">
-<span id="label"></span></p>
-<div id="text"></div>
-<p><span class="fixed">prompt</span> &middot; <span class="mask">masked</span> &middot;
-<span class="new">written in this step</span> &middot; <span class="flagged">sent back to [MASK] in this step</span> &middot;
-<span class="active">being written (block or window)</span> &middot; <span class="cached">in the KV cache</span></p>
-<script type="application/json" id="data">@DATA@</script>
-<script>
-const data = JSON.parse(document.getElementById('data').textContent);
-const slider = document.getElementById('slider'), text = document.getElementById('text');
-const label = document.getElementById('label'), play = document.getElementById('play');
-slider.max = data.frames.length - 1;
-function show(i) {
-  const row = data.frames[i], prev = data.frames[Math.max(i - 1, 0)];
-  const [start, end] = data.spans[i], cached = data.cached[i];
-  text.replaceChildren(...row.map((t, j) => {
-    const span = document.createElement('span');
-    span.textContent = t === data.mask ? data.glyph : data.text[t];
-    const classes = [];
-    if (data.fixed[j]) classes.push('fixed');
-    else if (t === data.mask) classes.push(i > 0 && prev[j] !== data.mask ? 'mask flagged' : 'mask');
-    else if (i > 0 && prev[j] === data.mask) classes.push('new');
-    if (j >= start && j < end) classes.push('active');
-    else if (j >= start - cached && j < start) classes.push('cached');
-    span.className = classes.join(' ');
-    return span;
-  }));
-  const masked = row.filter(t => t === data.mask).length;
-  label.textContent = 'step ' + i + ' of ' + (data.frames.length - 1) + ', ' + masked + ' masked' +
-    (end > start ? ', writing ' + start + '-' + (end - 1) : '') + (cached ? ', ' + cached + ' cached' : '');
-}
-let timer = null;
-play.onclick = () => {
-  if (timer) { clearInterval(timer); timer = null; play.textContent = 'play'; return; }
-  if (+slider.value === data.frames.length - 1) slider.value = 0;
-  play.textContent = 'pause';
-  timer = setInterval(() => {
-    if (+slider.value >= data.frames.length - 1) { play.onclick(); return; }
-    slider.value = +slider.value + 1; show(+slider.value);
-  }, 300);
-};
-slider.oninput = () => show(+slider.value);
-show(0);
-</script></body></html>
-"""
-
-GIF_COLUMNS, GIF_FONT_SIZE = 64, 15 # text width in characters, and the size of the (scalable) default font
-COLOURS = {'paper': (255, 255, 255), 'active': (204, 222, 247), 'new': (200, 240, 196), 'flagged': (245, 190, 190),
-           'ink': (20, 20, 20), 'prompt': (30, 80, 170), 'caption': (90, 90, 90), 'cross': (200, 30, 30),
-           'mask': (190, 190, 190)} # four backgrounds, then what is drawn on them
-
-
-def write_animation(path, fixed):
-    """An animated GIF replaying frames, one per pass, the last one held. Every token keeps one
-    place, that of the finished text wrapped at GIF_COLUMNS, drawn character by character in
-    cells of one width (the default font is not monospace): masks as grey boxes, the block or
-    window being written tinted blue, tokens written in this pass green, tokens sent back to
-    [MASK] in this pass (flagged [WRONG], or doubted) red with a cross, the prompt in blue."""
-    font = ImageFont.load_default(size=GIF_FONT_SIZE)
-    ascent, descent = font.getmetrics()
-    cw, ch, margin = round(font.getlength('n')) + 1, ascent + descent + 4, 12
-    # the layout of the finished text: (row, column, cells) of every token; a newline ends a row
-    cells, r, c = [], 0, 0
-    for text in (decode([t]) for t in frames[-1]):
-        n = max(1, len(text.replace('\n', '')))
-        if c and c + n > GIF_COLUMNS and '\n' not in text:
-            r, c = r + 1, 0
-        cells.append((r, c, n))
-        r, c = (r + 1, 0) if '\n' in text else (r, c + n)
-    top = margin + 2 * ch # below the caption
-    legend_y = top + (cells[-1][0] + 1) * ch + ch // 2
-    size = (2 * margin + GIF_COLUMNS * cw, legend_y + ch + margin)
-    how = f", order {order}, remask {remask}" if sampler == 'confidence' else ''
-    title = f"{os.path.basename(os.path.normpath(out_dir))}: {sampler} sampler{how}"
-    legend = [('mask', 'masked'), ('active', 'being written'), ('new', 'written in this pass'),
-              ('flagged', 'sent back to [MASK]')]
-
-    def box(draw, x, y, n, colour):
-        inset_x, inset_y = (1, 4) if colour == 'mask' else (0, 0) # a mask is a glyph-sized box, a tint fills the cell
-        draw.rectangle((x + inset_x, y + inset_y, x + n * cw - 1 - inset_x, y + ch - 1 - inset_y), fill=COLOURS[colour])
-
-    def cross(draw, x, y):
-        draw.line((x + 2, y + 3, x + cw - 3, y + ch - 4), fill=COLOURS['cross'], width=2)
-        draw.line((x + 2, y + ch - 4, x + cw - 3, y + 3), fill=COLOURS['cross'], width=2)
-
-    def draw_frame(i):
-        row, prev, (start, end) = frames[i], frames[max(i - 1, 0)], spans[i]
-        image = Image.new('RGB', size, COLOURS['paper'])
-        draw = ImageDraw.Draw(image)
-        where = f", writing {start}-{end - 1}" if end > start else ''
-        draw.text((margin, margin), title, font=font, fill=COLOURS['caption'])
-        draw.text((margin, margin + ch), f"pass {i} of {len(frames) - 1}{where}, {row.count(mask_id)} masked",
-                  font=font, fill=COLOURS['ink'])
-        for j, (t, p) in enumerate(zip(row, prev)):
-            x, y, n = margin + cells[j][1] * cw, top + cells[j][0] * ch, cells[j][2]
-            if start <= j < end:
-                box(draw, x, y, n, 'active')
-            if t == mask_id and p != mask_id:
-                box(draw, x, y, n, 'flagged')
-                cross(draw, x, y)
-            elif t == mask_id:
-                box(draw, x, y, n, 'mask')
-            else:
-                if p == mask_id and i > 0:
-                    box(draw, x, y, n, 'new')
-                for k, char in enumerate(decode([t]).replace('\n', '')[:n]):
-                    draw.text((x + k * cw + cw / 2, y + 2 + ascent), char, font=font, anchor='ms',
-                              fill=COLOURS['prompt' if fixed[j] else 'ink'])
-        x, y = margin, legend_y
-        for colour, label in legend:
-            box(draw, x, y, 1, colour)
-            if colour == 'flagged':
-                cross(draw, x, y)
-            draw.text((x + cw + 4, y + 2 + ascent), label, font=font, anchor='ls', fill=COLOURS['caption'])
-            x += cw + 20 + round(font.getlength(label))
-        return image
-
-    # one palette for all frames (a GIF has 256 colours): every mix of a background and what is
-    # drawn on it, in 8 steps, so that flat colours stay exact, anti-aliased text keeps its
-    # edges, and every frame stores only what changed
-    shades = list(COLOURS.values())
-    mixes = {tuple(round(b + (f - b) * k / 7) for b, f in zip(back, fore)) for back in shades[:4] for fore in shades[4:]
-             for k in range(8)}
-    palette = Image.new('P', (1, 1))
-    palette.putpalette([v for colour in sorted(mixes) for v in colour])
-    images = [draw_frame(i).quantize(palette=palette, dither=Image.Dither.NONE) for i in range(len(frames))]
-    pace = max(40, min(400, 12000 // len(images))) # ms per pass: about 12 s in all, the last frame 3 s more
-    images[0].save(path, save_all=True, append_images=images[1:], duration=[pace] * (len(images) - 1) + [3000],
-                   loop=0, optimize=True)
-    print(f"wrote the animation of sample 1 ({len(frames) - 1} steps) to {path}")
 
 # run
 generator = torch.Generator(device=device).manual_seed(seed)
@@ -392,7 +220,15 @@ if output:
     with open(output, 'w', encoding='utf-8') as f:
         f.write(''.join(f"{sample}\n{SEPARATOR}\n" for sample in samples))
 if trajectory:
-    (write_animation if trajectory.endswith('.gif') else write_trajectory)(trajectory, (~written[0]).tolist())
+    replay['fixed'] = (~written[0]).tolist() # proofreading: every token but the flagged ones
+    how = f", order {order}, remask {remask}" if sampler == 'confidence' else ''
+    title = f"{os.path.basename(os.path.normpath(out_dir))}: {sampler} sampler{how}"
+    if trajectory.endswith('.gif'):
+        write_gif(trajectory, title, replay, decode, mask_id)
+    else:
+        write_html(trajectory, title, replay, decode, mask_id, MASK_GLYPH)
+    print(f"wrote the {'animation' if trajectory.endswith('.gif') else 'trajectory'} of sample 1 "
+          f"({len(replay['frames']) - 1} steps) to {trajectory}")
 # speed: the text the model wrote, not the prompt it was given
 n_tokens = int(written.sum())
 n_chars = sum(len(decode(part.tolist())) for part in y[written].split(written.sum(1).tolist()))

@@ -276,7 +276,8 @@ def test_generate_template_and_trajectory(checkpoints, monkeypatch, capsys, tmp_
     assert 'http' not in text.replace('http-equiv', '') # self-contained
     data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S).group(1))
     assert len(data['frames']) == passes + 1 # the start and every step
-    assert data['frames'][-1].count(data['mask']) == 0 and data['fixed'].count(False) == 7
+    assert data['frames'][-1].count(data['mask']) == 0
+    assert sum('fixed' not in states.split() for states in data['states'][-1]) == 7 # the placeholders
 
 
 @pytest.mark.parametrize('kind', ['block', 'diffusion'])
