@@ -27,7 +27,8 @@ import torch
 import configurator
 from configurator import UserError, configure, require_choice, require_range
 import diffusion
-from loading import MASK_GLYPH, WRONG_GLYPH, load_model, load_tokenizer, read_text, setup_device, timed
+from loading import MASK_GLYPH, WRONG_GLYPH, get_batch, load_model, load_split, load_tokenizer, read_text, setup_device, timed
+from metrics import tuned_wrong_threshold
 from progress import progress
 from trajectory import render_terminal, token_states, write_gif, write_html
 
@@ -36,7 +37,9 @@ out_dir = 'out-shakespeare-diffusion' # directory of the diffusion checkpoint (c
 start = '' # prefix prompt, or "FILE:path"; '' = write from scratch
 template = '' # a whole sequence with [MASK] / [MASK*N] placeholders to fill in, or "FILE:path"
 proofread = '' # a text to check and correct, or "FILE:path"
-wrong_threshold = None # proofread: flag a token when p([WRONG]) exceeds this (bench.py reports an F1-best one per model); None = where [WRONG] is the argmax
+wrong_threshold = None # proofread: flag a token when p([WRONG]) exceeds this; None = the F1-best threshold on the
+                       # dataset's val text with proofread_rate of its tokens substituted; 'argmax' = where [WRONG] is the argmax
+proofread_rate = 0.05 # wrong_threshold=None: the share of substituted tokens the threshold is tuned for
 num_samples = 4 # samples drawn in parallel, as one batch
 length = None # tokens per sample, prompt included; None = the model's block_size; longer text slides the context
 sampler = 'confidence' # 'confidence' (commit proposals in the order and number below) or 'refine' (the seed's loop: sample every position, rewrite what is flagged [WRONG])
@@ -110,9 +113,10 @@ if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) 
     raise UserError(f"top_k must be a positive integer or None, not {top_k!r}")
 if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1):
     raise UserError(f"top_p must be a number in (0, 1] or None, not {top_p!r}")
-if wrong_threshold is not None and (not isinstance(wrong_threshold, (int, float)) or isinstance(wrong_threshold, bool)
-                                    or not 0 < wrong_threshold < 1):
-    raise UserError(f"wrong_threshold must be a number in (0, 1) or None, not {wrong_threshold!r}")
+if wrong_threshold not in (None, 'argmax') and (not isinstance(wrong_threshold, (int, float)) or isinstance(wrong_threshold, bool)
+                                                or not 0 < wrong_threshold < 1):
+    raise UserError(f"wrong_threshold must be a number in (0, 1), None (tuned) or 'argmax', not {wrong_threshold!r}")
+require_range('proofread_rate', proofread_rate, low=0, high=1, low_open=True, high_open=True)
 if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
     raise UserError(f"length must be a positive integer or None, not {length!r}")
 if trajectory and not trajectory.endswith(('.html', '.gif')):
@@ -156,6 +160,20 @@ else:
         raise UserError(f"the prompt has {len(prompt)} tokens, so length {total} leaves nothing to write: raise --length or shorten --start")
     ids = prompt + [mask_id] * (total - len(prompt))
 x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(num_samples, 1)
+if proofread and wrong_threshold is None:
+    # the detector of a model trained with few random tokens, whose [WRONG] argmax rarely wins
+    dataset = checkpoint['config']['dataset']
+    try:
+        val = load_split(dataset, 'val')
+    except UserError as e:
+        raise UserError(f"{e}; or give --wrong_threshold (a p([WRONG]) in (0, 1), or 'argmax'), which is "
+                        "otherwise tuned on that text") from None
+    batch_generator, noise = torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed)
+    with ctx:
+        wrong_threshold = tuned_wrong_threshold(
+            model, [get_batch(val, 16, block_size, batch_generator, device)[0] for _ in range(8)], proofread_rate, noise)
+    print(f"flagging tokens with p([WRONG]) > {wrong_threshold:.3f}: the F1-best threshold on {dataset}'s val text "
+          f"with {proofread_rate:.0%} of its tokens substituted (--wrong_threshold sets it)")
 
 
 # watching it think: the first sample after every forward pass, replayed by trajectory.py
@@ -194,7 +212,8 @@ def run():
         if proofread:
             if sampling['on_step'] is not None: # proofread() has no blocks or cache to show
                 sampling['on_step'] = lambda step, tokens: on_step(step, tokens, (0, len(ids)), 0)
-            flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask, threshold=wrong_threshold,
+            flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask,
+                                                   threshold=None if wrong_threshold == 'argmax' else wrong_threshold,
                                                  **sampling)
             return y, passes, flags
         if sampler == 'confidence':

@@ -4,13 +4,14 @@ tensors, so that each one can be checked on a tiny input with a known answer:
 - sample quality: NLL under an autoregressive judge (per token, or per character of text
   that the judge re-encodes with its own tokenizer), unigram entropy, repetition;
 - proofreading: random substitutions with a known truth mask, detection precision/recall/F1,
-  the threshold that maximises F1, and the token (character) error rate.
+  the threshold that maximises F1 (and the [WRONG] threshold of a diffusion model tuned so),
+  and the token (character) error rate.
 """
 
 import torch
 from torch.nn import functional as F
 
-from diffusion import exact_fraction_positions, random_other_tokens
+from diffusion import exact_fraction_positions, random_other_tokens, wrong_probs
 
 # ----------------------------------------------------------------------------
 # sample quality
@@ -126,6 +127,17 @@ def best_threshold(scores, truth):
         return scores[0].item(), 0.0
     above = scores[k + 1] if k + 1 < len(scores) else scores[k] + 1 # nothing above: any higher value
     return ((scores[k] + above) / 2).item(), f1[k].item()
+
+
+@torch.no_grad()
+def tuned_wrong_threshold(model, batches, rate, generator):
+    """The p([WRONG]) above which a diffusion model's flags have the best F1 (best_threshold) on
+    clean batches (B, T) with a share rate of their tokens substituted (substitute_tokens): the
+    detector of a model trained with few random tokens, whose [WRONG] argmax rarely wins."""
+    corrupted = [substitute_tokens(x, rate, model.config.mask_token_id, generator) for x in batches]
+    not_wrong = torch.cat([1 - wrong_probs(model, tokens) for tokens, _ in corrupted])
+    threshold, _ = best_threshold(not_wrong, torch.cat([truth for _, truth in corrupted]))
+    return 1 - threshold
 
 
 def char_error_rate(pred, ref):

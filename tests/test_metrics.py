@@ -101,3 +101,13 @@ def test_substitute_tokens(vocab):
     b = substitute_tokens(x, 0.1, vocab, torch.Generator().manual_seed(1))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert substitute_tokens(x, 0.0, vocab, g)[1].sum() == 0
+
+
+def test_tuned_wrong_threshold_separates_substituted_tokens(monkeypatch):
+    """A detector sure of the substituted tokens (ids >= 5 in text of ids < 5): the F1-best
+    p([WRONG]) threshold lies midway between its two levels."""
+    import metrics
+    monkeypatch.setattr(metrics, 'wrong_probs', lambda model, tokens: torch.where(tokens >= 5, 0.9, 0.2))
+    model = GPT(GPTConfig(block_size=8, vocab_size=12, n_layer=1, n_head=1, n_embd=8, mask_token_id=10, wrong_token_id=11))
+    batches = [torch.randint(0, 5, (4, 40), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    assert metrics.tuned_wrong_threshold(model, batches, 0.1, torch.Generator().manual_seed(0)) == pytest.approx(0.55)

@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -216,6 +217,8 @@ def checkpoints(tmp_path_factory):
     data_dir = Path(loading.DATA_DIR) / dataset
     data_dir.mkdir(parents=True)
     (data_dir / 'meta.json').write_text(json.dumps({'tokenizer': 'char', 'vocab_size': len(CHARS), 'itos': CHARS}))
+    # val text, on which proofreading tunes its threshold
+    np.random.default_rng(0).integers(len(CHARS), size=200).astype(np.uint16).tofile(data_dir / 'val.bin')
     root = tmp_path_factory.mktemp('ckpt')
     dirs = {}
     for kind, model_type, name in (('diffusion', 'diffusion', 'diff<&"x'), ('block', 'diffusion', 'block'),
@@ -308,6 +311,20 @@ def test_generate_proofread(checkpoints, monkeypatch, capsys, tmp_path):
                      f'--proofread={text}', '--steps=3', '--num_samples=2', f'--output={tmp_path / "s.txt"}')
     assert re.search(rf'flagged \d+ of {len(text)} tokens', out)
     assert all(len(s) == len(text) for s in read_samples(tmp_path / 's.txt'))
+    # by default the detector's threshold is tuned on the dataset's val text, and said
+    threshold = float(re.search(r"flagging tokens with p\(\[WRONG\]\) > ([\d.]+): the F1-best threshold on .*'s val text "
+                                r"with 5% of its tokens substituted", out).group(1))
+    assert 0 < threshold < 1
+
+
+def test_generate_proofread_without_val_data_says_what_to_do(checkpoints, monkeypatch, capsys):
+    def missing(dataset, split):
+        raise UserError(f"no {split} data at data/{dataset}/{split}.bin: run python data/{dataset}/prepare.py first")
+    monkeypatch.setattr(loading, 'load_split', missing)
+    with pytest.raises(UserError, match=re.escape("prepare.py first; or give --wrong_threshold (a p([WRONG]) in (0, 1), "
+                                                  "or 'argmax'), which is otherwise tuned on that text")):
+        run_script(monkeypatch, capsys, 'generate_diffusion.py', f'--out_dir={checkpoints["diffusion"]}', '--device=cpu',
+                   '--proofread=the fox')
 
 
 @pytest.mark.parametrize('args, message', [
