@@ -214,7 +214,7 @@ def run():
                 sampling['on_step'] = lambda step, tokens: on_step(step, tokens, (0, len(ids)), 0)
             flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask,
                                                    threshold=None if wrong_threshold == 'argmax' else wrong_threshold,
-                                                 **sampling)
+                                                   **sampling)
             return y, passes, flags
         if sampler == 'confidence':
             y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=steps, schedule=schedule, remask=remask,
