@@ -431,20 +431,22 @@ class GPT(nn.Module):
         With use_kv_cache, each step feeds only the newest token and reuses the keys and
         values of earlier ones; the result equals the uncached path. Once the sequence
         outgrows block_size the context slides, every position moves, and the cache is
-        rebuilt from the cropped context at each step (exactly what the uncached path does)."""
-        assert self.config.model_type == 'gpt2', "generate() is autoregressive; diffusion models sample with diffusion.py"
+        rebuilt from the cropped context at each step (exactly what the uncached path does).
+        A causal_clean block model samples its clean stream (AR mode), words only."""
+        ar = self.config.causal_clean
+        assert self.config.model_type == 'gpt2' or ar, "generate() is autoregressive; diffusion models sample with diffusion.py"
         kv_cache, cached_len = None, 0
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
             if not use_kv_cache:
-                logits, _ = self(idx_cond)
+                logits, _ = self(idx_cond, ar=ar)
             elif kv_cache is not None and idx.size(1) <= self.config.block_size:
-                logits, _ = self(idx_cond[:, cached_len:], kv_cache=kv_cache, pos_offset=cached_len)
+                logits, _ = self(idx_cond[:, cached_len:], kv_cache=kv_cache, pos_offset=cached_len, ar=ar)
             else:
                 kv_cache = [{} for _ in self.transformer.h]
-                logits, _ = self(idx_cond, kv_cache=kv_cache)
+                logits, _ = self(idx_cond, kv_cache=kv_cache, ar=ar)
             cached_len = idx_cond.size(1)
-            logits = logits[:, -1, :] / temperature
+            logits = logits[:, -1, :self.config.mask_token_id if ar else None] / temperature # [MASK], [WRONG] come last
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float('Inf')
