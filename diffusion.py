@@ -492,7 +492,7 @@ def draw(probs, generator):
 
 
 @torch.no_grad()
-def speculative_sample(model, x, temperature=1.0, top_k=None, top_p=None, generator=None, draft='ahead',
+def speculative_sample(model, x, temperature=1.0, top_k=None, top_p=None, generator=None, draft='simple',
                        on_step=None, context=None):
     """Speculative sampling in one network (TiDAR, Liu et al. 2025): a block model trained with
     a causal clean stream (causal_clean) drafts tokens by diffusion and verifies them as an AR

@@ -48,7 +48,8 @@ order = 'auto' # confidence: which proposals a scheduled pass commits: 'auto' (t
 remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
 commit = 'schedule' # confidence sampler: how many proposals each pass commits: 'schedule' (steps passes), 'threshold' (every proposal surer than threshold, at least one) or 'entropy' (lowest-entropy proposals while their summed entropy <= entropy_budget)
 threshold = 0.9 # commit='threshold': confidence above which a proposal is committed
-draft = 'ahead' # speculative: 'ahead' (drafts for every number of drafts kept, TiDAR) or 'simple' (one draft, as if all were kept)
+draft = 'simple' # speculative: 'simple' (one noisy copy drafts, as if every draft were kept) or 'ahead' (a copy per number of drafts kept,
+                 # TiDAR: more tokens per pass, more positions per pass; slower on a CPU, docs/results.md)
 entropy_budget = 1.0 # commit='entropy': nats of summed proposal entropy committed per pass
 temperature = 0.8 # 1.0 = the model's distribution, < 1.0 more conservative, 0 = greedy
 top_k = None # sample only among the top_k most likely tokens (None = all)

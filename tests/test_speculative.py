@@ -232,6 +232,6 @@ def test_generate_diffusion_speculative(training_runs, monkeypatch, capsys, tmp_
                                       f'--output={tmp_path / "s.txt"}'])
     runpy.run_path(f'{ROOT}/generate_diffusion.py', run_name='__main__')
     out = capsys.readouterr().out
-    assert re.search(r'2 samples of 40 tokens \(speculative, draft ahead\): \d+ forward passes .* tokens per pass per sample', out)
+    assert re.search(r'2 samples of 40 tokens \(speculative, draft simple\): \d+ forward passes .* tokens per pass per sample', out)
     samples = (tmp_path / 's.txt').read_text(encoding='utf-8').split('\n---------------\n')[:-1]
     assert len(samples) == 2 and all(s.startswith('ROMEO:') and len(s) == 40 for s in samples)
