@@ -99,6 +99,8 @@ confidence_only = [key for key in ('remask', 'order', 'commit') if key in config
 if sampler != 'confidence' and confidence_only and not proofread:
     raise UserError(f"--{confidence_only[0]} works with the confidence sampler: add --sampler=confidence "
                     f"({sampler} writes every position {'left to right' if sampler == 'speculative' else 'and rewrites the tokens it flags as [WRONG]'})")
+if 'draft' in configurator.GIVEN and sampler != 'speculative':
+    raise UserError(f"--draft works with the speculative sampler: add --sampler=speculative, or leave --draft out")
 if commit != 'schedule' and ('order' in configurator.GIVEN or remask == 'low_confidence'):
     raise UserError(f"--commit={commit} picks the surest proposals itself: it does not go with "
                     f"{'--order' if 'order' in configurator.GIVEN else '--remask=low_confidence'}; drop one of the two")
