@@ -222,6 +222,9 @@ def test_one_line_errors(run_train, tiny_args, training_runs, tmp_path):
     r = subprocess.run([sys.executable, 'generate_diffusion.py', f'--out_dir={block_dir}', '--sampler=speculative',
                         '--device=cpu'], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert 'train one with --ar_loss_weight>0' in one_line_error(r)
+    r = subprocess.run([sys.executable, 'generate_diffusion.py', f'--out_dir={block_dir}', '--draft=ahead', '--device=cpu'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert '--draft works with the speculative sampler' in one_line_error(r)
 
 
 @pytest.mark.slow
