@@ -406,6 +406,6 @@ if trajectory:
 n_tokens = int(written.sum())
 n_chars = sum(len(decode(part.tolist())) for part in y[written].split(written.sum(1).tolist()))
 how = f"{sampler}" + (f", order {order}, commit {commit}" if sampler == 'confidence' else f", draft {draft}" if sampler == 'speculative' else '')
-print(f"{num_samples} samples of {len(ids)} tokens ({how}): {passes} forward passes in {elapsed:.2f}s "
-      f"({n_tokens / num_samples / max(passes, 1):.2f} tokens per pass per sample), "
-      f"wrote {n_chars / elapsed:,.0f} chars/s ({n_tokens / elapsed:,.0f} tokens/s)")
+print(f"{num_samples} samples of {len(ids)} tokens ({how}): {passes} forward passes in {elapsed:.2f}s, "
+      f"wrote {n_chars / elapsed:,.0f} chars/s ({n_tokens / elapsed:,.0f} tokens/s), "
+      f"{n_tokens / num_samples / max(passes, 1):.2f} tokens per pass per sample")
