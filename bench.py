@@ -19,7 +19,8 @@ $ python bench.py --ar_dir=out-quickstart-ar --extra_ar_dirs=out-bpe-ar \\
    and after proofread(), against an AR detector (a threshold on the probability of each
    token given the text before it) that rewrites what it flags with its argmax;
 5. speed: training ms/iteration and tokens/s of AR, full-sequence and block diffusion
-   models of one size; generation tokens/s and characters/s at batch 1 and in a batch.
+   models of one size; generation tokens/s and characters/s at batch 1 and in a batch,
+   with the speculative sampler for the block models trained with ar_loss_weight > 0.
 Stages 2 and 3 are one stage of the script (sample quality); everything but the timings is the
 same on every run with the same seed and device.
 """
@@ -351,6 +352,11 @@ def sample(name, sampler, steps, temp, batch, per_block=None):
     if model.config.model_type == 'gpt2':
         def run():
             return model.generate(prompt, L - 1, temperature=temp, generator=generator), L - 1
+    elif sampler == 'speculative':
+        x = torch.cat([prompt, torch.full((batch, L - 1), model.config.mask_token_id, device=device)], 1)
+
+        def run():
+            return diffusion.generate(model, x, diffusion.speculative_sample, temperature=temp, generator=generator)
     else:
         sample_fn, kwargs = sampler_fns[sampler]
         x = torch.cat([prompt, torch.full((batch, L - 1), model.config.mask_token_id, device=device)], 1)
@@ -727,12 +733,14 @@ section('Training speed', [
 print("generation speed...", flush=True)
 # (name, sampler, steps, passes per block, temperature, note) of each timed generator: every AR model and every
 # diffusion model at the settings of its best row at matched diversity (its first row in that table), then every
-# block model at each of speed_block_passes passes per block, left to right
+# block model at each of speed_block_passes passes per block, left to right, then every block model with a causal
+# clean stream with the speculative sampler (the text of its AR mode)
 best = [next(r for r in matched if r['name'] == name) for name, _, _ in ar_models + models]
 timed_rows = [(r['name'], r['sampler'], r['steps'], None, r['temperature'], '' if r['matched'] else ' (not matched)')
               for r in best] + [
     (name, 'left_to_right', '-', per_block, temperature, '')
-    for name, model, _ in models if model.denoising_block for per_block in speed_block_passes]
+    for name, model, _ in models if model.denoising_block for per_block in speed_block_passes] + [
+    (name, 'speculative', '-', None, temperature, '') for name, model, _ in models if model.config.causal_clean]
 generation = [] # per row and batch size (1, then num_samples): tokens/s, chars/s, forward passes, chars per pass
 for name, sampler, steps, per_block, temp, _ in progress(timed_rows, 'generation speed', 'generator'):
     sample(name, sampler, steps, temp, 1, per_block) # warm-up: allocations and kernels for this shape
@@ -750,8 +758,10 @@ section('Generation speed', [
     "(block models block by block with their KV cache), at the sampler, steps and temperature of its best row at "
     "matched diversity (its lowest judge NLL; marked if it did not reach the band), then every block model with "
     f"the `left_to_right` sampler at {', '.join(map(str, speed_block_passes))} passes per block, temperature "
-    f"{temperature}. Forward passes and chars/pass at batch 1 / at the batch: `refine` and the adaptive samplers "
-    f"stop when every sample of the batch is done. `vs AR`: chars/s / that of {ar_name} at the same batch size "
+    f"{temperature}, and every block model trained with ar_loss_weight > 0 with the `speculative` sampler "
+    "(draft 'simple': the AR mode's text, as many passes as its drafts need). Forward passes and chars/pass at "
+    "batch 1 / at the batch: `refine`, the adaptive samplers and `speculative` stop when every sample of the batch "
+    f"is done. `vs AR`: chars/s / that of {ar_name} at the same batch size "
     "(characters compare across tokenizers)."],
     ['generator', 'diffusion block', 'sampler', 'steps', 'temperature', 'forward passes', 'chars/pass',
      'tokens/s batch 1', 'chars/s batch 1', f'tokens/s batch {num_samples}', f'chars/s batch {num_samples}',

@@ -214,6 +214,25 @@ def masked_cross_entropy(logits, inputs, targets, mask_token_id):
     return (ce * masked).sum() / masked.sum().clamp(min=1)
 
 
+def next_token_loss(logits, targets, mask_token_id):
+    """Mean next-token cross-entropy over the words of logits (B, T, V) of a clean stream
+    against targets (B, T), the tokens that follow: [MASK] and [WRONG] are never targets, so
+    they are left out of the softmax (they could only ever be pushed down)."""
+    return -word_log_probs(logits, mask_token_id).gather(-1, targets[..., None]).mean()
+
+
+@torch.no_grad()
+def ar_val_loss(model, batches, mask_token_id, ctx=nullcontext()):
+    """Mean next_token_loss of a causal_clean model in AR mode (token-causal attention over
+    clean text) on batches of (x, y): the val loss of an AR model, in nats per token."""
+    losses = []
+    for x, y in batches:
+        with ctx:
+            logits, _ = model(x, ar=True)
+        losses.append(next_token_loss(logits, y, mask_token_id))
+    return torch.stack(losses).mean().item()
+
+
 @torch.no_grad()
 def masked_val_loss(model, batches, mask_token_id, fraction, generator, ctx=nullcontext()):
     """Mean masked_cross_entropy over batches of clean text (B, T) with exactly fraction
@@ -459,6 +478,94 @@ def confidence_sample(model, x, steps, schedule='cosine', temperature=1.0, top_k
         if on_step is not None:
             on_step(passes, x)
     return x, passes
+
+
+def sampling_probs(logits, mask_token_id, temperature, top_k, top_p):
+    """The distribution over the words (the ids below [MASK]; [MASK] and [WRONG] come right
+    after them) that sample_tokens draws from, as probabilities: one-hot at temperature 0."""
+    return filter_logits(logits[..., :mask_token_id], temperature, top_k, top_p).softmax(-1)
+
+
+def draw(probs, generator):
+    """One token per position from probabilities (..., V)."""
+    return torch.multinomial(probs.reshape(-1, probs.size(-1)), 1, generator=generator).view(probs.shape[:-1])
+
+
+@torch.no_grad()
+def speculative_sample(model, x, temperature=1.0, top_k=None, top_p=None, generator=None, draft='simple',
+                       on_step=None, context=None):
+    """Speculative sampling in one network (TiDAR, Liu et al. 2025): a block model trained with
+    a causal clean stream (causal_clean) drafts tokens by diffusion and verifies them as an AR
+    model, in the same forward pass. x is one block (generate() calls it block by block), its
+    positions written left to right. Each pass runs [pending ; block ; copies] (draft_verify_mask):
+    - the clean block holds the written tokens and the drafts of the last pass; its logits at
+      position i give the AR distribution p of token i+1. The drafts are checked in order
+      (Leviathan et al. 2023): draft d, drawn from q, is kept with probability min(1, p(d)/q(d));
+      at the first rejection the token is drawn from max(0, p - q), normalised, and after the
+      last draft from p. Every pass writes one token or more, each distributed exactly as the
+      AR mode would write it: the drafts change the speed, never the text's distribution;
+    - noisy copies of the block draft the next tokens, q, at the positions after the token
+      written from p or from the residual (it is not known before the pass). draft='simple':
+      one copy, with every draft of this pass given as if it were kept; after a rejection,
+      the drafts of the last pass after it are still drafts (none of them was read), and the
+      copy's drafts go after them. draft='ahead' (TiDAR): one copy per number of drafts kept,
+      so whatever is rejected, the next pass has drafts made from the tokens actually kept.
+    The token at the start of the text, which no clean token comes before, is the draft's.
+    Rows accept different numbers of drafts; the block is done when every row is.
+    Temperature, top_k and top_p shape p and q alike; fixed positions are kept and not drawn.
+    Returns (tokens, forward_passes)."""
+    if not model.config.causal_clean:
+        raise ValueError("the speculative sampler needs a block model with a causal clean stream: "
+                         "train one with --ar_loss_weight>0")
+    if draft not in ('ahead', 'simple'):
+        raise ValueError(f"unknown draft {draft!r} (use 'ahead' or 'simple')")
+    mask_id = model.config.mask_token_id
+    R, L = x.shape
+    if context is None: # a block at the start of the text
+        context = {'cache': [{} for _ in model.transformer.h], 'offset': 0}
+    pending = context.pop('pending', x[:, :0])
+    pos = torch.arange(L, device=x.device)
+    fixed = x != mask_id
+    tokens = x.clone() # written tokens, then drafts, then [MASK] (or fixed tokens)
+    written = torch.zeros(R, dtype=torch.long, device=x.device) # leading positions written, per row
+    drafted = torch.zeros(R, L, dtype=torch.bool, device=x.device)
+    q = torch.zeros(R, L, mask_id, device=x.device) # the draft distribution at each drafted position
+    passes = 0
+    while ((pos >= written[:, None]) & ~fixed).any(): # one host sync per pass, not per row
+        end = written + drafted.sum(1) # drafts run from written to end
+        if draft == 'ahead':
+            given = torch.minimum(written[:, None] + torch.arange(int((end - written).max()) + 1, device=x.device), end[:, None])
+        else:
+            given = end[:, None]
+        copies = torch.where((pos < given[..., None]) | fixed[:, None], tokens[:, None], mask_id) # (R, C, L)
+        C, P = copies.size(1), pending.size(1)
+        logits, _ = model(torch.cat([pending, tokens, copies.view(R, -1)], 1), kv_cache=context['cache'],
+                          pos_offset=context['offset'] - P, store=P, copies=C)
+        passes += 1
+        clean, copy_logits = logits[:, :P + L], logits[:, P + L:].view(R, C, L, -1)
+        first = clean[:, P - 1] if P else copy_logits[:, 0, 0] # what comes before position 0
+        p = sampling_probs(torch.cat([first[:, None], clean[:, P:P + L - 1]], 1), mask_id, temperature, top_k, top_p)
+        pending = pending[:, :0] # stored in the cache now
+        # verify: fixed and written positions pass, a draft with probability min(1, p/q)
+        p_token, q_token = (dist.gather(-1, tokens.clamp(max=mask_id - 1)[..., None]).squeeze(-1) for dist in (p, q))
+        u = torch.rand(R, L, generator=generator, device=x.device)
+        ok = fixed | (pos < written[:, None]) | (drafted & (u * q_token < p_token))
+        stop = torch.where(ok.all(1), L, (~ok).long().argmax(1)) # the first position that fails, per row
+        at = stop.clamp(max=L - 1)[:, None, None].expand(R, 1, mask_id)
+        residual = (p.gather(1, at) - q.gather(1, at) * drafted.gather(1, at[..., 0])[..., None]).clamp(min=0).squeeze(1)
+        new = draw(residual + (residual.sum(-1, keepdim=True) == 0) * 1.0, generator) # rows with stop == L draw a filler
+        tokens = torch.where(pos == stop[:, None], new[:, None], tokens)
+        # the next drafts: from the copy whose given tokens are those kept
+        pick = (stop - written).clamp(max=C - 1) if draft == 'ahead' else torch.zeros_like(stop)
+        q_copy = sampling_probs(copy_logits[torch.arange(R, device=x.device), pick], mask_id, temperature, top_k, top_p)
+        after = (pos > stop[:, None]) & ~fixed
+        from_copy = after & ((pos >= end[:, None]) | (draft == 'ahead'))
+        tokens = torch.where(from_copy, draw(q_copy, generator), tokens)
+        q = torch.where(from_copy[..., None], q_copy, q)
+        drafted, written = after, (stop + 1).clamp(max=L)
+        if on_step is not None:
+            on_step(passes, torch.where((pos < written[:, None]) | fixed, tokens, mask_id))
+    return tokens, passes
 
 
 def token_entropy(logits):

@@ -42,7 +42,7 @@ wrong_threshold = None # proofread: flag a token when p([WRONG]) exceeds this; N
 proofread_rate = 0.05 # wrong_threshold=None: the share of substituted tokens the threshold is tuned for
 num_samples = 4 # samples drawn in parallel, as one batch
 length = None # tokens per sample, prompt included; None = the model's block_size; longer text slides the context
-sampler = 'confidence' # 'confidence' (commit proposals in the order and number below) or 'refine' (the seed's loop: sample every position, rewrite what is flagged [WRONG])
+sampler = 'confidence' # 'confidence' (commit proposals in the order and number below), 'refine' (the seed's loop: sample every position, rewrite what is flagged [WRONG]) or 'speculative' (draft by diffusion, verify as AR in the same pass: the AR mode's text, several tokens per pass; needs a model trained with --ar_loss_weight>0)
 steps = 64 # confidence (and proofread): forward passes to write all masked tokens (per block for a block model; a cap for adaptive commits)
 max_steps = 128 # refine: steps before one last pass fills whatever is still masked (per block for a block model)
 schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
@@ -50,6 +50,8 @@ order = 'auto' # confidence: which proposals a scheduled pass commits: 'auto' (t
 remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
 commit = 'schedule' # confidence sampler: how many proposals each pass commits: 'schedule' (steps passes), 'threshold' (every proposal surer than threshold, at least one) or 'entropy' (lowest-entropy proposals while their summed entropy <= entropy_budget)
 threshold = 0.9 # commit='threshold': confidence above which a proposal is committed
+draft = 'simple' # speculative: 'simple' (one noisy copy drafts, as if every draft were kept) or 'ahead' (a copy per number of drafts kept,
+                 # TiDAR: more tokens per pass, more positions per pass; slower on a CPU, docs/results.md)
 entropy_budget = 1.0 # commit='entropy': nats of summed proposal entropy committed per pass
 temperature = 0.8 # 1.0 = the model's distribution, < 1.0 more conservative, 0 = greedy
 top_k = None # sample only among the top_k most likely tokens (None = all)
@@ -87,8 +89,8 @@ if sum(bool(v) for v in (start, template, proofread)) > 1:
     raise UserError("set only one of --start (a prefix), --template (placeholders anywhere) and --proofread")
 if (template or proofread) and length is not None:
     raise UserError(f"--length does not go with --{'template' if template else 'proofread'}: the text sets the length")
-if sampler not in ('confidence', 'refine'):
-    raise UserError(f"sampler must be 'confidence' or 'refine', not {sampler!r}")
+require_choice('sampler', sampler, ('confidence', 'refine', 'speculative'))
+require_choice('draft', draft, ('ahead', 'simple'))
 if schedule not in ('cosine', 'linear'):
     raise UserError(f"schedule must be 'cosine' or 'linear', not {schedule!r}")
 if remask not in ('none', 'wrong', 'low_confidence'):
@@ -96,9 +98,11 @@ if remask not in ('none', 'wrong', 'low_confidence'):
 require_choice('order', order, ('auto', 'confidence', 'random', 'left_to_right'))
 require_choice('commit', commit, ('schedule', 'threshold', 'entropy'))
 confidence_only = [key for key in ('remask', 'order', 'commit') if key in configurator.GIVEN]
-if sampler == 'refine' and confidence_only and not proofread:
+if sampler != 'confidence' and confidence_only and not proofread:
     raise UserError(f"--{confidence_only[0]} works with the confidence sampler: add --sampler=confidence "
-                    "(refine samples every position and rewrites the tokens it flags as [WRONG])")
+                    f"({sampler} writes every position {'left to right' if sampler == 'speculative' else 'and rewrites the tokens it flags as [WRONG]'})")
+if 'draft' in configurator.GIVEN and sampler != 'speculative':
+    raise UserError("--draft works with the speculative sampler: add --sampler=speculative, or leave --draft out")
 if commit != 'schedule' and ('order' in configurator.GIVEN or remask == 'low_confidence'):
     raise UserError(f"--commit={commit} picks the surest proposals itself: it does not go with "
                     f"{'--order' if 'order' in configurator.GIVEN else '--remask=low_confidence'}; drop one of the two")
@@ -138,6 +142,9 @@ for key in ('trajectory', 'output'): # written at the end: a path that cannot be
 device, device_type, dtype, ctx = setup_device(device, dtype)
 
 model, checkpoint = load_model(out_dir, device, 'diffusion', 'generate_diffusion.py')
+if sampler == 'speculative' and not proofread and not model.config.causal_clean:
+    raise UserError(f"--sampler=speculative needs a block model whose clean stream predicts the next token, and {out_dir} "
+                    f"has none: train one with --ar_loss_weight>0 (e.g. python train.py config/quickstart_block_cpu.py --ar_loss_weight=1.0)")
 if order == 'auto': # inside a small block, next-token order; over a whole sequence, a random order (docs/results.md)
     order = 'left_to_right' if model.denoising_block else 'random'
 encode, decode = load_tokenizer(checkpoint['config']['dataset'])
@@ -219,6 +226,8 @@ def run():
         if sampler == 'confidence':
             y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=steps, schedule=schedule, remask=remask,
                                            order=order, commit=commit, threshold=threshold, entropy_budget=entropy_budget, **sampling)
+        elif sampler == 'speculative':
+            y, passes = diffusion.generate(model, x, diffusion.speculative_sample, draft=draft, **sampling)
         else:
             y, passes = diffusion.generate(model, x, diffusion.refine_sample, max_steps=max_steps, **sampling)
         return y, passes, x == mask_id
@@ -251,6 +260,7 @@ if trajectory:
 # speed: the text the model wrote, not the prompt it was given
 n_tokens = int(written.sum())
 n_chars = sum(len(decode(part.tolist())) for part in y[written].split(written.sum(1).tolist()))
-how = f"{sampler}" + (f", order {order}, commit {commit}" if sampler == 'confidence' else '')
+how = f"{sampler}" + (f", order {order}, commit {commit}" if sampler == 'confidence' else f", draft {draft}" if sampler == 'speculative' else '')
 print(f"{num_samples} samples of {len(ids)} tokens ({how}): {passes} forward passes in {elapsed:.2f}s, "
-      f"wrote {n_chars / elapsed:,.0f} chars/s ({n_tokens / elapsed:,.0f} tokens/s)")
+      f"wrote {n_chars / elapsed:,.0f} chars/s ({n_tokens / elapsed:,.0f} tokens/s), "
+      f"{n_tokens / num_samples / max(passes, 1):.2f} tokens per pass per sample")

@@ -132,6 +132,8 @@ class GPTConfig:
     embedding_init_std: float = 0.02 # std of the untied token embedding's init (1.0 = PyTorch's nn.Embedding default)
     diffusion_block: int = 0 # diffusion only: tokens denoised together (block diffusion, BD3-LM); attention is
                              # bidirectional inside a block, causal across blocks; 0 (or >= block_size) = whole sequence
+    causal_clean: bool = False # block diffusion only: the clean text attends token by token (causally), so that its
+                               # logits at position i also predict token i+1: one network drafts and verifies (TiDAR)
 
     def __post_init__(self):
         self.check()
@@ -181,6 +183,9 @@ class GPTConfig:
             if self.time_conditioning: # one noise level per row, where a block model has one per block
                 raise ValueError(f"time_conditioning does not go with block diffusion (diffusion_block={self.diffusion_block} "
                                  f"< block_size={self.block_size}): set time_conditioning=False or diffusion_block=0")
+        elif self.causal_clean:
+            raise ValueError(f"causal_clean needs a block diffusion model (model_type='diffusion', 0 < diffusion_block < "
+                             f"block_size), not model_type={self.model_type!r}, diffusion_block={self.diffusion_block}")
 
 
 class GPT(nn.Module):
@@ -243,23 +248,30 @@ class GPT(nn.Module):
         block = self.config.diffusion_block
         return block if self.config.model_type == 'diffusion' and 0 < block < self.config.block_size else None
 
-    def attention_mask(self, t, pos_offset, cached, two_stream, device):
+    def attention_mask(self, t, pos_offset, cached, two_stream, device, store=None, copies=0, ar=False):
         """The (queries, keys) bool mask of t new tokens at positions pos_offset.., after
         `cached` keys of positions 0..cached-1 in the KV cache; None where SDPA's own
-        is_causal (AR) or no mask (full-sequence diffusion) is the same thing."""
+        is_causal (AR) or no mask (full-sequence diffusion) is the same thing. ar: token-causal
+        (the clean stream of a causal_clean model); copies: see draft_verify_mask."""
         block = self.denoising_block
         if two_stream:
-            return two_stream_mask(t, block, device)
-        if self.config.model_type == 'gpt2':
-            if not cached:
+            return two_stream_mask(t, block, device, self.config.causal_clean)
+        if copies:
+            return draft_verify_mask(store, (t - store) // (copies + 1), copies, cached, device)
+        if self.config.model_type == 'gpt2' or ar:
+            if not cached and not ar:
                 return None # SDPA's is_causal
             block = 1 # with a cache, the queries sit at the end of a longer key sequence
         if block is None or pos_offset // block == (pos_offset + t - 1) // block:
             return None # the queries share one block, and every key is in it or before it
-        q_pos = torch.arange(pos_offset, pos_offset + t, device=device)
-        return block_causal_mask(q_pos, torch.arange(pos_offset + t, device=device), block)
+        q_pos, k_pos = torch.arange(pos_offset, pos_offset + t, device=device), torch.arange(pos_offset + t, device=device)
+        mask = block_causal_mask(q_pos, k_pos, block)
+        if self.config.causal_clean and store: # the finished blocks riding along are clean text: token-causal
+            mask[:store] &= block_causal_mask(q_pos[:store], k_pos, 1)
+        return mask
 
-    def forward(self, idx, targets=None, noise_level=None, kv_cache=None, pos_offset=0, clean=None, store=None):
+    def forward(self, idx, targets=None, noise_level=None, kv_cache=None, pos_offset=0, clean=None, store=None,
+                both_streams=False, ar=False, copies=0):
         """idx (B, T) token ids. Returns (logits, loss).
         gpt2: with targets, logits for every position and the next-token loss; without,
         logits of the last position only (inference), as in nanoGPT.
@@ -270,12 +282,20 @@ class GPT(nn.Module):
         the logits of the noisy half; a full-sequence model ignores clean. Without clean, a block
         model sees idx block-causally, as sampling needs: finished blocks clean, the last noisy.
         kv_cache: a list (one dict per layer) of the keys and values of positions 0..pos_offset-1;
-        the new tokens are appended to it, or only the first `store` of them."""
+        the new tokens are appended to it, or only the first `store` of them.
+        both_streams: the two-stream pass returns the logits of both halves, (B, 2T, V), the clean
+        half last. ar: the tokens attend token-causally, as the clean stream of a causal_clean
+        model does, whose logits at position i predict token i+1. copies > 0: idx is [store clean
+        tokens ; a block of L clean tokens ; `copies` noisy copies of that block] (draft_verify_mask)."""
         device = idx.device
         b, t = idx.size()
-        assert pos_offset + t <= self.config.block_size, f"Cannot forward sequence of length {pos_offset + t}, block size is only {self.config.block_size}"
+        length = (t - (store or 0)) // (copies + 1) # the block of the copies
+        n_pos = t - copies * length # positions of the new tokens: the copies reuse the block's
+        assert pos_offset + n_pos <= self.config.block_size, f"Cannot forward sequence of length {pos_offset + n_pos}, block size is only {self.config.block_size}"
         two_stream = clean is not None and self.denoising_block is not None
-        pos = torch.arange(pos_offset, pos_offset + t, dtype=torch.long, device=device)
+        pos = torch.arange(pos_offset, pos_offset + n_pos, dtype=torch.long, device=device)
+        if copies:
+            pos = torch.cat([pos, pos[n_pos - length:].repeat(copies)])
         if two_stream:
             assert kv_cache is None and pos_offset == 0 and clean.shape == idx.shape, "the two-stream pass takes whole rows, no cache"
             idx, pos = torch.cat([idx, clean], 1), pos.repeat(2)
@@ -289,11 +309,11 @@ class GPT(nn.Module):
             assert noise_level is not None, "time_conditioning needs the noise level of each row"
             x = x + self.time_mlp(timestep_features(noise_level, 64).to(x.dtype))[:, None, :]
         cached = 0 if kv_cache is None or kv_cache[0].get('k') is None else kv_cache[0]['k'].size(2)
-        attn_mask = self.attention_mask(t, pos_offset, cached, two_stream, device)
+        attn_mask = self.attention_mask(t, pos_offset, cached, two_stream, device, store, copies, ar)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, rotary, None if kv_cache is None else kv_cache[i], attn_mask, store)
-        x = self.transformer.ln_f(x[:, :t]) # the noisy half only, in a two-stream pass
+        x = self.transformer.ln_f(x if both_streams else x[:, :t]) # without both_streams, the noisy half of a two-stream pass
 
         if self.config.model_type == 'diffusion':
             # float32 logits (every consumer needs them so) plus the bias on the [MASK] column, without
@@ -411,20 +431,22 @@ class GPT(nn.Module):
         With use_kv_cache, each step feeds only the newest token and reuses the keys and
         values of earlier ones; the result equals the uncached path. Once the sequence
         outgrows block_size the context slides, every position moves, and the cache is
-        rebuilt from the cropped context at each step (exactly what the uncached path does)."""
-        assert self.config.model_type == 'gpt2', "generate() is autoregressive; diffusion models sample with diffusion.py"
+        rebuilt from the cropped context at each step (exactly what the uncached path does).
+        A causal_clean block model samples its clean stream (AR mode), words only."""
+        ar = self.config.causal_clean
+        assert self.config.model_type == 'gpt2' or ar, "generate() is autoregressive; diffusion models sample with diffusion.py"
         kv_cache, cached_len = None, 0
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
             if not use_kv_cache:
-                logits, _ = self(idx_cond)
+                logits, _ = self(idx_cond, ar=ar)
             elif kv_cache is not None and idx.size(1) <= self.config.block_size:
-                logits, _ = self(idx_cond[:, cached_len:], kv_cache=kv_cache, pos_offset=cached_len)
+                logits, _ = self(idx_cond[:, cached_len:], kv_cache=kv_cache, pos_offset=cached_len, ar=ar)
             else:
                 kv_cache = [{} for _ in self.transformer.h]
-                logits, _ = self(idx_cond, kv_cache=kv_cache)
+                logits, _ = self(idx_cond, kv_cache=kv_cache, ar=ar)
             cached_len = idx_cond.size(1)
-            logits = logits[:, -1, :] / temperature
+            logits = logits[:, -1, :self.config.mask_token_id if ar else None] / temperature # [MASK], [WRONG] come last
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float('Inf')
@@ -440,14 +462,33 @@ def block_causal_mask(q_pos, k_pos, block):
     return k_pos[None, :] // block <= q_pos[:, None] // block
 
 
-def two_stream_mask(T, block, device):
+def two_stream_mask(T, block, device, causal_clean=False):
     """The training mask of block diffusion over [x_t ; x_0] (BD3-LM): 2T positions, both
     halves at positions 0..T-1. A noisy position sees the noisy positions of its own block
     and the clean positions of earlier blocks; a clean position sees the clean positions of
-    its own and earlier blocks, never the noisy half."""
+    its own and earlier blocks (causal_clean: of itself and earlier positions, as in an AR
+    model), never the noisy half."""
     b = torch.arange(T, device=device) // block
     same, earlier = b[:, None] == b[None, :], b[None, :] < b[:, None]
-    return torch.cat([torch.cat([same, earlier], 1), torch.cat([torch.zeros_like(same), same | earlier], 1)], 0)
+    clean = torch.ones_like(same).tril() if causal_clean else same | earlier
+    return torch.cat([torch.cat([same, earlier], 1), torch.cat([torch.zeros_like(same), clean], 1)], 0)
+
+
+def draft_verify_mask(n_pending, length, copies, cached, device):
+    """The mask of one speculative pass of a causal_clean block model, its new tokens laid out
+    as [pending ; block ; copy 1 .. copy `copies`]: n_pending clean tokens of finished blocks,
+    the `length` clean tokens of the block being written (written and drafted ones, to verify),
+    and noisy copies of that block at its positions (each with some tokens given and [MASK]
+    elsewhere, to draft the rest), after `cached` keys of earlier blocks. Clean tokens attend
+    token-causally to the cache and the clean tokens; a copy attends to the cache, the pending
+    tokens and itself, as a noisy block does in training (two_stream_mask)."""
+    n_clean, n_copies = n_pending + length, copies * length
+    clean = torch.ones(n_clean, n_clean, dtype=torch.bool, device=device).tril()
+    copy_id = torch.arange(n_copies, device=device) // length
+    sees_clean = (torch.arange(n_clean, device=device) < n_pending).expand(n_copies, n_clean)
+    rows = torch.cat([torch.cat([clean, torch.zeros(n_clean, n_copies, dtype=torch.bool, device=device)], 1),
+                      torch.cat([sees_clean, copy_id[:, None] == copy_id[None, :]], 1)], 0)
+    return torch.cat([torch.ones(n_clean + n_copies, cached, dtype=torch.bool, device=device), rows], 1)
 
 
 def timestep_features(t, dim):

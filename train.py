@@ -76,6 +76,9 @@ weight_remask_task = 1.0 # seed: weight of flagging a random token as [WRONG]
 wrong_share = 1.0 # seed: final remask_ratio; on average wrong_share/2 of the corruption is random tokens to flag as [WRONG]
 seed_normalise = 'positions' # seed: 'positions' (one mean over every position) or 'tasks' (per row, each task's mean over its own positions)
 reward_correct_unmask = 0.1 # seed: smallest weight of an un-masking position the model already gets right
+ar_loss_weight = 0.0 # block diffusion: weight of a next-token loss on the clean stream, made token-causal (causal_clean):
+                     # > 0 trains one network that drafts by diffusion and verifies as an AR model (speculative
+                     # sampling, TiDAR); 0 keeps the clean stream block-causal, BD3-LM's model
 # [MASK] logit-bias controller
 target_mask_prob = 0.5 # the mean p([MASK]) at masked positions the controller steers toward
 mask_bias_gain = 0.1 # controller gain in log-odds per step (0 switches it off)
@@ -108,7 +111,7 @@ for key in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_int
 for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'masking_warmup_iters', 'proofreading_warmup_iters', 'diffusion_block'):
     require_range(key, globals()[key], low=0, integer=True)
 for key in ('learning_rate', 'min_lr', 'weight_decay', 'grad_clip', 'penalty_mask_correct', 'weight_unmask_task',
-            'weight_remask_task', 'mask_bias_gain'): # learning_rate=0 keeps the weights: the tests use it
+            'weight_remask_task', 'mask_bias_gain', 'ar_loss_weight'): # learning_rate=0 keeps the weights: the tests use it
     require_range(key, globals()[key], low=0)
 require_range('mask_bias_limit', mask_bias_limit, low=0, low_open=True)
 for key in ('beta1', 'beta2', 'guaranteed_correct_factor'):
@@ -121,6 +124,9 @@ require_range('mask_rate_max', mask_rate_max, low=0, high=1)
 require(mask_rate_min < mask_rate_max, f"mask_rate_min={mask_rate_min} must be below mask_rate_max={mask_rate_max}: "
         "e.g. --mask_rate_min=0.0 --mask_rate_max=1.0 (the defaults)")
 require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
+require(ar_loss_weight == 0 or (model_type == 'diffusion' and 0 < diffusion_block < block_size),
+        f"ar_loss_weight={ar_loss_weight} trains the clean stream of a block diffusion model: add --model_type=diffusion "
+        f"--diffusion_block=4 (any divisor of block_size below it), or set --ar_loss_weight=0")
 require_choice('model_type', model_type, ('gpt2', 'diffusion'))
 require_choice('loss_type', loss_type, ('seed', 'elbo'))
 require_choice('noise_schedule', noise_schedule, ('linear', 'cosine'))
@@ -129,7 +135,8 @@ require_choice('seed_normalise', seed_normalise, ('positions', 'tasks'))
 require_choice('backend', backend, ('auto', 'nccl', 'gloo'))
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, dropout=dropout,
                   pos_encoding=pos_encoding, time_conditioning=time_conditioning, tie_embeddings=tie_embeddings,
-                  embedding_init_std=embedding_init_std, diffusion_block=diffusion_block if model_type == 'diffusion' else 0)
+                  embedding_init_std=embedding_init_std, diffusion_block=diffusion_block if model_type == 'diffusion' else 0,
+                  causal_clean=ar_loss_weight > 0)
 try: # model.py's own checks of the shape asked for (the vocabulary comes from the data, later)
     GPTConfig(**model_args, model_type=model_type, **(dict(vocab_size=2, mask_token_id=0, wrong_token_id=1) if model_type == 'diffusion' else {}))
 except ValueError as e:
@@ -225,6 +232,8 @@ elif init_from == 'resume':
     model = model_from_checkpoint(checkpoint)
     require_vocab(model, dataset, out_dir, f"resume on the data it was trained on ({checkpoint['config']['dataset']}, "
                   "prepared as it was), or train a new model in another out_dir")
+    require(ar_loss_weight == 0 or model.config.causal_clean, f"{out_dir} holds a model whose clean stream is not "
+            f"causal (trained with ar_loss_weight=0): resume it with --ar_loss_weight=0")
     iter_num = checkpoint['iter_num']
     best_val_loss = checkpoint['best_val_loss']
 else:
@@ -241,6 +250,7 @@ else:
     require_vocab(model, dataset, init_from, "train on the same tokenizer")
     if model_type == 'diffusion':
         model.to_diffusion(diffusion_block) # bidirectional attention (in blocks), embedding grown by [MASK] and [WRONG]
+        model.config.causal_clean = ar_loss_weight > 0
 if block_size < model.config.block_size:
     model.crop_block_size(block_size) # model surgery to a smaller context
 elif block_size > model.config.block_size:
@@ -292,9 +302,10 @@ if ddp:
 
 def model_loss(x, y, generator, it):
     """Loss of one micro-batch and detached diagnostics. For diffusion, x is clean text
-    that gets corrupted here (y is unused): the seed recipe at curriculum step it, or
-    mask-only corruption for the ELBO. A block model corrupts each block as a row of its
-    own (one noise level per block) and sees the clean text beside the noisy one."""
+    that gets corrupted here: the seed recipe at curriculum step it, or mask-only corruption
+    for the ELBO. A block model corrupts each block as a row of its own (one noise level per
+    block) and sees the clean text beside the noisy one; with ar_loss_weight, its clean
+    stream also predicts the next tokens y (loss_ar)."""
     if not diffusion_mode:
         with ctx:
             _, loss = model(x, y)
@@ -305,12 +316,13 @@ def model_loss(x, y, generator, it):
             rows, generator, mask_id, noise_schedule, max(mask_rate_min, 1e-3), mask_rate_max)
     else:
         penalty, remask_ratio = diffusion.curriculum(it, penalty_mask_correct, masking_warmup_iters,
-                                                                   proofreading_warmup_iters, wrong_share)
+                                                     proofreading_warmup_iters, wrong_share)
         inputs, targets, noise_level = diffusion.corrupt(rows, generator, mask_id, wrong_id, guaranteed_correct_factor,
                                                          remask_ratio, mask_rate_min, mask_rate_max)
     with ctx:
         # noise_level is per block row: only time conditioning reads it, and block models have none
-        logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x)
+        logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x, both_streams=ar_loss_weight > 0)
+    logits, clean_logits = logits[:, :x.size(1)], logits[:, x.size(1):]
     logits = diffusion.block_rows(logits, noise_span)
     if loss_type == 'elbo':
         loss, stats = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id, loss_weighting)
@@ -319,6 +331,10 @@ def model_loss(x, y, generator, it):
                                                    weight_unmask_task, weight_remask_task, penalty, reward_correct_unmask,
                                                    seed_normalise)
     stats['p_mask'], stats['logit_gap'] = diffusion.mask_statistics(logits, inputs, mask_id, raw_model.mask_logit_bias)
+    if ar_loss_weight > 0:
+        stats['loss_ar'] = diffusion.next_token_loss(clean_logits, y, mask_id)
+        loss = loss + ar_loss_weight * stats['loss_ar']
+        stats['loss_ar'] = stats['loss_ar'].detach()
     return loss, stats
 
 
@@ -346,6 +362,10 @@ def estimate_loss():
             out[f'masked{int(fraction * 100)}'] = diffusion.masked_val_loss(model, batches, mask_id, fraction, eval_noise, ctx)
         eval_noise = torch.Generator(device=device).manual_seed(seed + 1 + seed_offset)
         out['bound'] = diffusion.elbo_bound(model, batches, mask_id, noise_span, noise_schedule, eval_noise, ctx)
+    if raw_model.config.causal_clean: # the clean stream as an AR model, to compare with an AR model's val loss
+        batch_generator = torch.Generator().manual_seed(seed + seed_offset)
+        out['ar'] = diffusion.ar_val_loss(model, [get_batch(val_data, batch_size, block_size, batch_generator, device)
+                                                  for _ in range(eval_iters)], mask_id, ctx)
     model.train()
     return out
 
@@ -458,6 +478,9 @@ while True:
                          f", val bound {losses['bound']:.4f} nats/token = {losses['bound'] / math.log(2):.4f} bits/token")
             if val_chars_per_token not in (None, 1.0): # the bound (diffusion) or the val loss (AR) per character
                 extra += f" = {losses['bound' if diffusion_mode else 'val'] / val_chars_per_token:.4f} nats/char"
+            if 'ar' in losses:
+                extra += f", AR-mode val loss {losses['ar']:.4f}" + (f" = {losses['ar'] / val_chars_per_token:.4f} nats/char"
+                                                                   if val_chars_per_token not in (None, 1.0) else '')
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{extra}")
             append_log(out_dir, dict(kind='eval', iter=iter_num, **losses, val_chars_per_token=val_chars_per_token))
             if wandb_log:
@@ -530,7 +553,7 @@ while True:
             line += f", bias {raw_model.mask_logit_bias.item():.3f}"
             if loss_type == 'seed':
                 penalty, remask_ratio = diffusion.curriculum(iter_num, penalty_mask_correct, masking_warmup_iters,
-                                                                           proofreading_warmup_iters, wrong_share)
+                                                             proofreading_warmup_iters, wrong_share)
                 line += f", penalty {penalty:.2f}, remask_ratio {remask_ratio:.2f}"
         print(line)
         if diffusion_mode:

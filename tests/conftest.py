@@ -122,7 +122,8 @@ def run_train_ranks():
 # tiny_args: AR with dropout (so the torch RNG must be restored too), the seed objective with
 # the curriculum mid-ramp and the bias controller on, the ELBO with time conditioning and
 # gradient accumulation, and a block diffusion model (blocks of 8 of the 32 tokens) on the
-# seed objective in its two-stream pass, with the token-mean ELBO weighting never used
+# seed objective in its two-stream pass, with the token-mean ELBO weighting never used, and
+# one whose clean stream also learns the next token (ar_loss_weight, causal_clean)
 RUN_VARIANTS = {
     'gpt2': ['--model_type=gpt2', '--dropout=0.1', '--learning_rate=1e-2', '--min_lr=1e-3'],
     'seed': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=seed', '--masking_warmup_iters=4',
@@ -131,6 +132,8 @@ RUN_VARIANTS = {
              '--time_conditioning=True', '--gradient_accumulation_steps=2'],
     'block': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=seed', '--diffusion_block=8',
               '--masking_warmup_iters=4', '--proofreading_warmup_iters=8', '--mask_bias_gain=0.3'],
+    'causal': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=elbo', '--diffusion_block=8',
+               '--ar_loss_weight=0.5', '--gradient_accumulation_steps=2'],
 }
 RUN_ITERS = 6 # evaluated and saved at 3 and 6
 

@@ -58,9 +58,9 @@ def bpe_dataset(tmp_path_factory):
 def checkpoints(tiny_dataset, bpe_dataset, tmp_path_factory, run_train, tiny_args):
     name, meta = tiny_dataset
     root = tmp_path_factory.mktemp('bench')
-    # a trained block diffusion model (BD3-LM, blocks of 4 tokens): train.py's own checkpoint, its
-    # evals on the val batches of the bench run below (eval_batches=1, batch_size=2)
-    r = run_train(*tiny_args, '--model_type=diffusion', '--loss_type=elbo', '--diffusion_block=4', '--max_iters=2',
+    # a trained block diffusion model (BD3-LM, blocks of 4 tokens, its clean stream also an AR model):
+    # train.py's own checkpoint, its evals on the val batches of the bench run below (eval_batches=1, batch_size=2)
+    r = run_train(*tiny_args, '--model_type=diffusion', '--loss_type=elbo', '--diffusion_block=4', '--ar_loss_weight=1.0', '--max_iters=2',
                   '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2', '--batch_size=2', '--eval_iters=1',
                   f"--out_dir={root / 'block'}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -188,16 +188,19 @@ def test_bench_end_to_end(bench, checkpoints):
                                                  ['block diffusion', '4', 'elbo']]
 
     # generation speed: every generator at its best matched settings, then every block model at 4 and 2
-    # passes per block, left to right
+    # passes per block, left to right, then the block model with a causal clean stream, speculative
     header, *cells = table(results, 'Generation speed')
     assert header == ['generator', 'diffusion block', 'sampler', 'steps', 'temperature', 'forward passes',
                       'chars/pass', 'tokens/s batch 1', 'chars/s batch 1', 'tokens/s batch 2', 'chars/s batch 2',
                       'vs AR batch 1', 'vs AR batch 2']
     generation = [dict(zip(header, row)) for row in cells]
     assert [row['generator'] for row in generation] == ['ar', 'bpe_ar', 'seed', 'elbo', 'block', 'bpe_block',
-                                                        'block', 'block', 'bpe_block', 'bpe_block']
-    assert [(row['sampler'], row['steps'], row['forward passes']) for row in generation[6:]] == [
+                                                        'block', 'block', 'bpe_block', 'bpe_block', 'block']
+    assert [(row['sampler'], row['steps'], row['forward passes']) for row in generation[6:10]] == [
         ('left_to_right', '4/block', '11 / 11'), ('left_to_right', '2/block', '6 / 6')] * 2
+    speculative = generation[10] # 11 tokens in 3 blocks: at least one pass per block, at most one per token
+    assert speculative['sampler'] == 'speculative' and speculative['steps'] == '-'
+    assert all(3 <= int(passes) <= 11 for passes in speculative['forward passes'].split(' / '))
     assert generation[0]['vs AR batch 1'] == generation[0]['vs AR batch 2'] == '1.00'
     for row in generation:
         speeds = [float(row[key].replace(',', '')) for key in header[7:11]]
@@ -242,11 +245,12 @@ def test_validation_loss_values(bench, checkpoints):
         assert float(row['nats/token']) == pytest.approx(nats, abs=6e-5)
         assert float(row['bits/token']) == pytest.approx(nats / math.log(2), abs=2e-4)
         assert float(row['vs AR']) == pytest.approx(nats / ar_nll, abs=6e-4) # above 1 when worse than AR
-    evals = re.findall(r'val loss ([\d.]+), .*val bound ([\d.]+) nats/token', checkpoints['block_log'])
+    evals = re.findall(r'val loss ([\d.]+), .*val bound ([\d.]+) nats/token.*AR-mode val loss ([\d.]+)', checkpoints['block_log'])
     assert len(evals) == 2 and rows['block']['nats/token'] == evals[-1][1]
-    # trained on the bound itself: train.py's val loss (the training pass, two-stream) equals its val bound
-    # (elbo_bound) at every eval: both see each noisy block next to the clean blocks before it
-    assert all(loss == bound for loss, bound in evals)
+    # trained on the bound itself plus the next-token loss of the clean stream (ar_loss_weight=1): train.py's val
+    # loss (the training pass, two-stream) is its val bound (elbo_bound: each noisy block next to the clean blocks
+    # before it) plus its AR-mode val loss (the clean stream alone, on the same batches) at every eval
+    assert all(float(loss) == pytest.approx(float(bound) + float(ar), abs=2e-4) for loss, bound, ar in evals)
 
 
 @pytest.mark.parametrize('args, message', [
