@@ -157,7 +157,7 @@ def write_gif(path, title, replay, decode, mask_id):
     top = margin + 2 * ch # below the caption
     legend_y = top + lines * ch + ch // 2
     size = (2 * margin + GIF_COLUMNS * cw, legend_y + ch + margin)
-    legend = [(name, STATES[name].split(' (')[0]) for name in ('mask', 'active', 'new', 'flagged')]
+    legend = [('mask', 'masked'), ('active', 'being written'), ('new', 'written in this pass'), ('flagged', 'sent back')]
 
     def box(draw, x, y, n, colour):
         inset_x, inset_y = (1, 4) if colour == 'mask' else (0, 0) # a mask is a glyph-sized box, a tint fills the cell
