@@ -250,7 +250,7 @@ section('Models', [], ['checkpoint', 'type', 'dataset', 'chars/token', 'diffusio
 # -----------------------------------------------------------------------------
 # 1. validation loss
 print("validation losses...", flush=True)
-fractions = (0.15, 0.5, 0.9)
+fractions = diffusion.VAL_FRACTIONS
 losses = {} # name: (val NLL or bound in nats/token, [masked CE per fraction])
 with torch.no_grad(), ctx:
     for name, model, _ in ar_models:
@@ -259,12 +259,9 @@ with torch.no_grad(), ctx:
 for name, model, checkpoint in progress(models, 'validation loss', 'model'):
     mask_id = model.config.mask_token_id
     batches = [x for x, _ in val_batches(dataset_of[name], model.config.block_size)]
-    bound = diffusion.elbo_bound(model, batches, mask_id, model.denoising_block or model.config.block_size,
-                                 checkpoint['config'].get('noise_schedule', 'linear'),
-                                 torch.Generator(device=device).manual_seed(seed + 1), ctx)
-    losses[name] = bound, [diffusion.masked_val_loss(model, batches, mask_id, fraction,
-                                                     torch.Generator(device=device).manual_seed(seed + 2), ctx)
-                           for fraction in fractions]
+    found = diffusion.val_metrics(model, batches, mask_id, model.denoising_block or model.config.block_size,
+                                  checkpoint['config'].get('noise_schedule', 'linear'), seed, ctx)
+    losses[name] = found['bound'], [found[f'masked{round(fraction * 100)}'] for fraction in fractions]
 ar_loss = losses[ar_name][0]
 
 

@@ -233,6 +233,22 @@ def ar_val_loss(model, batches, mask_token_id, ctx=nullcontext()):
     return torch.stack(losses).mean().item()
 
 
+VAL_FRACTIONS = (0.15, 0.5, 0.9) # the masked shares of the masked val CE that train.py logs and bench.py tables
+
+
+def val_metrics(model, batches, mask_token_id, noise_span, schedule, seed, ctx=nullcontext()):
+    """The validation metrics of a diffusion model on batches of clean text (B, T), the same in
+    train.py and bench.py: 'masked15', 'masked50', 'masked90' (masked_val_loss at each of
+    VAL_FRACTIONS, noise seeded seed + 2) and 'bound' (elbo_bound with noise_span tokens per noise
+    level, noise seeded seed + 1), all in nats per token."""
+    def noise(offset):
+        return torch.Generator(device=batches[0].device).manual_seed(seed + offset)
+    out = {f'masked{round(fraction * 100)}': masked_val_loss(model, batches, mask_token_id, fraction, noise(2), ctx)
+           for fraction in VAL_FRACTIONS}
+    out['bound'] = elbo_bound(model, batches, mask_token_id, noise_span, schedule, noise(1), ctx)
+    return out
+
+
 @torch.no_grad()
 def masked_val_loss(model, batches, mask_token_id, fraction, generator, ctx=nullcontext()):
     """Mean masked_cross_entropy over batches of clean text (B, T) with exactly fraction

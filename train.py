@@ -357,11 +357,7 @@ def estimate_loss():
     if diffusion_mode:
         batch_generator = torch.Generator().manual_seed(seed + seed_offset)
         batches = [get_batch(val_data, batch_size, block_size, batch_generator, device)[0] for _ in range(eval_iters)]
-        for fraction in (0.15, 0.5, 0.9):
-            eval_noise = torch.Generator(device=device).manual_seed(seed + 2 + seed_offset)
-            out[f'masked{int(fraction * 100)}'] = diffusion.masked_val_loss(model, batches, mask_id, fraction, eval_noise, ctx)
-        eval_noise = torch.Generator(device=device).manual_seed(seed + 1 + seed_offset)
-        out['bound'] = diffusion.elbo_bound(model, batches, mask_id, noise_span, noise_schedule, eval_noise, ctx)
+        out.update(diffusion.val_metrics(model, batches, mask_id, noise_span, noise_schedule, seed + seed_offset, ctx))
     if raw_model.config.causal_clean: # the clean stream as an AR model, to compare with an AR model's val loss
         batch_generator = torch.Generator().manual_seed(seed + seed_offset)
         out['ar'] = diffusion.ar_val_loss(model, [get_batch(val_data, batch_size, block_size, batch_generator, device)

@@ -75,6 +75,20 @@ def test_block_bound_sees_the_clean_prefix(pos_encoding):
     assert bound == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
 
 
+def test_val_metrics_is_the_bound_and_the_masked_ce_on_their_seeds():
+    """The one function train.py and bench.py both call: the bound on noise seed + 1 and the masked
+    CE at 15/50/90 % on seed + 2, each fraction drawn from a fresh generator."""
+    model = tiny_block_model()
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randint(V, (3, T), generator=g) for _ in range(2)]
+    found = diffusion.val_metrics(model, batches, MASK, BLOCK, 'linear', seed=40)
+    assert set(found) == {'masked15', 'masked50', 'masked90', 'bound'}
+    assert found['bound'] == diffusion.elbo_bound(model, batches, MASK, BLOCK, 'linear', torch.Generator().manual_seed(41))
+    for fraction in diffusion.VAL_FRACTIONS:
+        assert found[f'masked{round(fraction * 100)}'] == diffusion.masked_val_loss(
+            model, batches, MASK, fraction, torch.Generator().manual_seed(42))
+
+
 def test_block_masked_val_loss_sees_the_clean_prefix():
     model = tiny_block_model()
     x = torch.randint(V, (3, T), generator=torch.Generator().manual_seed(1))
