@@ -9,5 +9,5 @@ loss_type = 'elbo'
 noise_schedule = 'linear'
 loss_weighting = 'token_mean'
 diffusion_block = 4
-mask_rate_min = 0.0 # the full range, as the CPU block configs (clipping is not measured with blocks)
+mask_rate_min = 0.0 # the full range, as the CPU block configs (clipping measured worse there, seed recipe)
 mask_rate_max = 1.0
