@@ -662,7 +662,7 @@ section('Proofreading', [
 # -----------------------------------------------------------------------------
 # 4. speed: training on fresh models of one architecture, that of the first diffusion checkpoint
 print("training speed...", flush=True)
-arch = dict(asdict(models[0][1].config), mask_logit_bias=0.0, diffusion_block=0)
+arch = dict(asdict(models[0][1].config), mask_logit_bias=0.0, diffusion_block=0, causal_clean=False) # the step has no AR loss
 ar_arch = dict(arch, model_type='gpt2', vocab_size=arch['mask_token_id'], mask_token_id=-1, wrong_token_id=-1,
                time_conditioning=False)
 block = arch['block_size']
