@@ -47,7 +47,7 @@ def setup_device(device, dtype):
             raise UserError(f"device={device!r} is not available: this machine has {torch.cuda.device_count()} CUDA "
                             f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device_type == 'mps' and not torch.backends.mps.is_available():
-        raise UserError(f"device='mps' is not available (it needs Apple silicon and a PyTorch built with MPS): "
+        raise UserError("device='mps' is not available (it needs Apple silicon and a PyTorch built with MPS): "
                         "use --device=cpu or --device=auto")
     if device_type == 'cuda':
         torch.cuda.set_device(device) # cuda:N, not cuda:0, for everything that uses "the current device"
