@@ -100,13 +100,9 @@ proofread_rates = parse_list(proofread_rates, float, 'proofread_rates')
 speed_block_passes = parse_list(speed_block_passes, int, 'speed_block_passes')
 judge_dir = judge_dir or ar_dir
 # every diffusion sampler: (function of diffusion.py, its options); all run through diffusion.generate
-sampler_fns = {'refine': (diffusion.refine_sample, {}),
-               'confidence': (diffusion.confidence_sample, {}),
-               'confidence+wrong': (diffusion.confidence_sample, dict(remask='wrong')),
-               'ancestral': (diffusion.confidence_sample, dict(order='random')),
-               'left_to_right': (diffusion.confidence_sample, dict(order='left_to_right')),
-               'threshold': (diffusion.confidence_sample, dict(commit='threshold', threshold=threshold)),
-               'entropy': (diffusion.confidence_sample, dict(commit='entropy', entropy_budget=entropy_budget))}
+commit_options = {'threshold': dict(threshold=threshold), 'entropy': dict(entropy_budget=entropy_budget)}
+sampler_fns = {name: (diffusion.SAMPLE_FUNCTIONS[kind], {**options, **commit_options.get(options.get('commit'), {})})
+               for name, (kind, options) in diffusion.PRESETS.items()}
 adaptive = ('threshold', 'entropy') # samplers whose step count is only a cap
 if set(samplers) - set(sampler_fns):
     raise UserError(f"unknown samplers {sorted(set(samplers) - set(sampler_fns))}: "

@@ -601,6 +601,18 @@ def rank_descending(scores):
     return scores.argsort(-1, descending=True).argsort(-1)
 
 
+# the samplers, by the name generate_diffusion.py's --sampler gives them
+SAMPLE_FUNCTIONS = {'confidence': confidence_sample, 'refine': refine_sample, 'speculative': speculative_sample}
+# the named settings that bench.py and gpu_check.py compare: (sampler, its options beyond the defaults)
+PRESETS = {'refine': ('refine', {}),
+           'confidence': ('confidence', dict(order='confidence')),
+           'confidence+wrong': ('confidence', dict(order='confidence', remask='wrong')),
+           'ancestral': ('confidence', dict(order='random')),
+           'left_to_right': ('confidence', dict(order='left_to_right')),
+           'threshold': ('confidence', dict(commit='threshold')),
+           'entropy': ('confidence', dict(commit='entropy'))}
+
+
 @torch.no_grad()
 def generate(model, x, sample_fn, on_step=None, **sampler_kwargs):
     """Fill every [MASK] of x (B, N), N of any length, with sample_fn (refine_sample or

@@ -89,7 +89,7 @@ if sum(bool(v) for v in (start, template, proofread)) > 1:
     raise UserError("set only one of --start (a prefix), --template (placeholders anywhere) and --proofread")
 if (template or proofread) and length is not None:
     raise UserError(f"--length does not go with --{'template' if template else 'proofread'}: the text sets the length")
-require_choice('sampler', sampler, ('confidence', 'refine', 'speculative'))
+require_choice('sampler', sampler, tuple(diffusion.SAMPLE_FUNCTIONS))
 require_choice('draft', draft, ('ahead', 'simple'))
 if schedule not in ('cosine', 'linear'):
     raise UserError(f"schedule must be 'cosine' or 'linear', not {schedule!r}")

@@ -46,7 +46,8 @@ def test_ablation_refuses_an_unknown_row():
 def test_ctrl_c_stops_the_trainings_and_the_same_command_continues_them(tiny_args, tmp_path):
     """Ctrl-C reaches the whole process group, as in a terminal: each training saves and stops,
     ablation.py says how many runs are done, and the same command again continues the stopped ones."""
-    tiny = ' '.join(tiny_args + ['--max_iters=400', '--lr_decay_iters=400', '--warmup_iters=1', '--eval_interval=400'])
+    # long enough that no training ends before the Ctrl-C, on an idle machine too (400 iterations took 2 s)
+    tiny = ' '.join(tiny_args + ['--max_iters=3000', '--lr_decay_iters=3000', '--warmup_iters=1', '--eval_interval=3000'])
     args = [sys.executable, 'ablation.py', '--rows=token_mean', '--seeds=1,2', f'--train_args={tiny}',
             f'--log_dir={tmp_path}/logs', f'--out_root={tmp_path}/out']
     env = {**_env(), 'PYTHONUNBUFFERED': '1'} # the trainings' logs fill line by line
@@ -66,5 +67,5 @@ def test_ctrl_c_stops_the_trainings_and_the_same_command_continues_them(tiny_arg
     assert again.returncode == 0 and '0 of 2 runs already finished; 2 to train' in again.stdout, again.stdout + again.stderr
     for log in logs:
         text = log.read_text()
-        assert 'Resuming training' in text and 'step 400:' in text # continued to the end, in the same log
+        assert 'Resuming training' in text and 'step 3000:' in text # continued to the end, in the same log
     assert re.search(r'^\| token_mean ', again.stdout, re.M)
