@@ -376,12 +376,14 @@ def written_chars(tokens, dataset):
 def text_metrics(tokens, dataset):
     """Of samples (B, L) of a dataset: the judge NLL per character (the text decoded, stripped of
     the characters a char judge has no token for, which are counted, and re-encoded by the judge),
-    unigram entropy and repetition in the generator's own tokens, the characters written per
-    sample, and the first sample decoded."""
+    unigram entropy and repetition in the generator's own tokens, the share of newlines among the
+    characters (a sampler that writes many short lines, e.g. speaker names, scores a low NLL), the
+    characters written per sample, and the first sample decoded."""
     rows = texts(tokens, dataset)
     stripped, unknown = (rows, [0]) if unknown_to_judge is None else zip(*(unknown_to_judge.subn('', r) for r in rows))
     return dict(nll=judge_nll_per_char(judge, judge_encode, judge_decode, stripped, device), unknown=sum(unknown),
                 entropy=unigram_entropy(tokens), rep=repetition(tokens, repetition_n),
+                newlines=sum(r.count('\n') for r in rows) / max(1, sum(map(len, rows))),
                 chars=written_chars(tokens, dataset) / len(rows), text=rows[0])
 
 
@@ -436,10 +438,12 @@ section('Sample quality at a fixed temperature', [
     + unknown_note(fixed),
     "Entropy: unigram entropy (nats) of all generated tokens pooled; repeated n-grams: mean over samples of the "
     f"fraction of a sample's {repetition_n}-grams that repeat an earlier one in it; both in the generator's own "
-    "tokens, so compare them with the `val text` row of its dataset. **Read the judge NLL next to both**: a low NLL "
-    "with a collapsed entropy or a high repetition is a degenerate sampler (repeating frequent tokens), not a good "
-    "one; the next table compares generators at the entropy of real text. The `val text` row is real text of the "
-    "same size, the reference for all three.",
+    "tokens, so compare them with the `val text` row of its dataset; newlines: the share of newline characters in "
+    "the decoded text. **Read the judge NLL next to all three**: a low NLL with a collapsed entropy or a high "
+    "repetition is a degenerate sampler (repeating frequent tokens), and one with many more newlines than real "
+    "text writes short lines (speaker names) that are easy to predict; neither is a good one. The next table "
+    "compares generators at the entropy of real text. The `val text` row is real text of the same size, the "
+    "reference for all four.",
     "Samplers (diffusion.py, all through diffusion.generate): `refine` is the seed's loop (steps = max_steps; it "
     "may stop early), `confidence` commits the most confident proposals on a cosine schedule, `confidence+wrong` "
     "also sends tokens the model flags [WRONG] back to [MASK], `ancestral` commits a random choice of proposals on "
@@ -452,8 +456,9 @@ section('Sample quality at a fixed temperature', [
     "seeing the finished blocks through a KV cache; forward passes are all the passes diffusion.generate used. "
     "The first sample of each row is in samples.txt."],
     ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'chars/pass', 'judge nats/char', 'entropy',
-     f'repeated {repetition_n}-grams'],
-    [[*describe(r), r['passes'], chars_per_pass(r), fmt(r['nll']), fmt(r['entropy']), fmt(r['rep'])] for r in fixed])
+     f'repeated {repetition_n}-grams', 'newlines'],
+    [[*describe(r), r['passes'], chars_per_pass(r), fmt(r['nll']), fmt(r['entropy']), fmt(r['rep']), fmt(r['newlines'])]
+     for r in fixed])
 print(f"fixed temperature: {time.time() - t_quality:.0f}s", flush=True)
 
 t_matched = time.time()
@@ -502,7 +507,7 @@ def match(name, sampler, steps):
     closest = closest_try(tries, target)
     if not bracketed or exact:
         return dict(closest, tries=len(tries), matched=bracketed)
-    interpolated = {key: at_target(below, above, key, target) for key in ('nll', 'rep', 'temperature')}
+    interpolated = {key: at_target(below, above, key, target) for key in ('nll', 'rep', 'newlines', 'temperature')}
     return dict(closest, **interpolated, entropy=target, tries=len(tries), matched=True)
 
 
@@ -521,16 +526,16 @@ section('Sample quality at matched diversity', [
     f"{temperature}, the search steps the temperature (in [{min_temperature}, {max_temperature}]) until two tries "
     f"within {match_tolerance * 100:g} % of the target entropy lie one on each side of it, at most {match_tries} "
     f"tries (`tries`) of {num_samples} samples each, with the same seed at every temperature; the judge NLL, "
-    "repetition and temperature are interpolated linearly in entropy between those two, at the target exactly "
+    "repetition, newline share and temperature are interpolated linearly in entropy between those two, at the target exactly "
     "(a row anywhere in a 2 % band could be ~0.1 nats better or worse), or a single try within a twentieth of "
     "the band is taken as it is. A generator with neither shows its try closest to the target, `not "
     "matched`, at the bottom. Rows sorted by judge NLL (nats/char: comparable across tokenizers), `vs AR` = "
     f"judge NLL / the matched judge NLL of {ar_name} ({ar_matched['nll']:.3f}). Forward passes and chars/pass: "
     "the try closest to the target; every try's first sample is in samples.txt." + unknown_note(generations)],
     ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge nats/char', 'vs AR', 'entropy',
-     f'repeated {repetition_n}-grams', 'forward passes', 'chars/pass', 'matched'],
+     f'repeated {repetition_n}-grams', 'newlines', 'forward passes', 'chars/pass', 'matched'],
     [[*describe(r), r['temperature'] if r['model'] is None else fmt(r['temperature']), r.get('tries', '-'),
-      fmt(r['nll']), fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']), fmt(r['rep']), r['passes'],
+      fmt(r['nll']), fmt(r['nll'] / ar_matched['nll']), fmt(r['entropy']), fmt(r['rep']), fmt(r['newlines']), r['passes'],
       chars_per_pass(r),
       'reference' if r['model'] is None else 'yes' if r['matched'] else 'not matched']
      for r in [*val_rows.values()] + matched])

@@ -46,14 +46,15 @@ def test_ablation_refuses_an_unknown_row():
 def test_ctrl_c_stops_the_trainings_and_the_same_command_continues_them(tiny_args, tmp_path):
     """Ctrl-C reaches the whole process group, as in a terminal: each training saves and stops,
     ablation.py says how many runs are done, and the same command again continues the stopped ones."""
-    # long enough that no training ends before the Ctrl-C, on an idle machine too (400 iterations took 2 s)
-    tiny = ' '.join(tiny_args + ['--max_iters=3000', '--lr_decay_iters=3000', '--warmup_iters=1', '--eval_interval=3000'])
+    tiny = ' '.join(tiny_args + ['--max_iters=400', '--lr_decay_iters=400', '--warmup_iters=1', '--eval_interval=400'])
     args = [sys.executable, 'ablation.py', '--rows=token_mean', '--seeds=1,2', f'--train_args={tiny}',
             f'--log_dir={tmp_path}/logs', f'--out_root={tmp_path}/out']
     env = {**_env(), 'PYTHONUNBUFFERED': '1'} # the trainings' logs fill line by line
     logs = [tmp_path / 'logs' / f'token_mean-s{seed}.log' for seed in (1, 2)]
+    # SIGINT as a terminal delivers it, even where pytest itself was started in the background (a shell
+    # without job control starts background commands with SIGINT ignored, and children inherit that)
     p = subprocess.Popen(args, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not all(log.exists() and 'iter 3:' in log.read_text() for log in logs) and time.time() < deadline:
         time.sleep(0.2)
@@ -67,5 +68,5 @@ def test_ctrl_c_stops_the_trainings_and_the_same_command_continues_them(tiny_arg
     assert again.returncode == 0 and '0 of 2 runs already finished; 2 to train' in again.stdout, again.stdout + again.stderr
     for log in logs:
         text = log.read_text()
-        assert 'Resuming training' in text and 'step 3000:' in text # continued to the end, in the same log
+        assert 'Resuming training' in text and 'step 400:' in text # continued to the end, in the same log
     assert re.search(r'^\| token_mean ', again.stdout, re.M)

@@ -120,16 +120,16 @@ def test_bench_end_to_end(bench, checkpoints):
     # count (the adaptive samplers once, capped at the largest count); a block model gets its steps per block
     quality = table(results, 'Sample quality at a fixed temperature')
     assert quality[0] == ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'chars/pass',
-                          'judge nats/char', 'entropy', 'repeated 4-grams']
+                          'judge nats/char', 'entropy', 'repeated 4-grams', 'newlines']
     assert [row[:3] for row in quality[1:5]] == [[f'val text {char}', '-', 'reference'],
                                                  [f'val text {bpe}', '-', 'reference'],
                                                  ['ar', '-', 'autoregressive'], ['bpe_ar', '-', 'autoregressive']]
     for name in ('seed', 'elbo', 'block', 'bpe_block'):
         steps = {}
-        for model, block, sampler, step, passes, chars_per_pass, nll, entropy, rep in quality[5:]:
+        for model, block, sampler, step, passes, chars_per_pass, nll, entropy, rep, newlines in quality[5:]:
             if model == name:
                 steps.setdefault(sampler, []).append(step)
-                assert 0 < float(nll) < 10 and 0 <= float(rep) <= 1 and int(passes) >= 1
+                assert 0 < float(nll) < 10 and 0 <= float(rep) <= 1 and 0 <= float(newlines) <= 1 and int(passes) >= 1
                 if dataset_of[name] == char: # 11 characters written per sample
                     assert float(chars_per_pass) == pytest.approx(11 / int(passes), abs=0.005)
         if name in ('block', 'bpe_block'): # 2 or 4 passes over 11 tokens: one per block of 4
@@ -144,7 +144,7 @@ def test_bench_end_to_end(bench, checkpoints):
     matched = table(results, 'Sample quality at matched diversity')
     header = matched[0]
     assert header == ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge nats/char',
-                      'vs AR', 'entropy', 'repeated 4-grams', 'forward passes', 'chars/pass', 'matched']
+                      'vs AR', 'entropy', 'repeated 4-grams', 'newlines', 'forward passes', 'chars/pass', 'matched']
     rows = [dict(zip(header, row)) for row in matched[1:]]
     assert [row['model'] for row in rows[:2]] == [f'val text {char}', f'val text {bpe}']
     assert all(row['matched'] == 'reference' for row in rows[:2])
@@ -310,6 +310,9 @@ def test_judge_scores_the_val_text_per_character(bench, checkpoints):
         texts = [''.join(c for c in load_tokenizer(dataset)[1](row) if c in known) for row in reference.tolist()]
         total = sum(judge_token_nlls(judge, torch.tensor([encode(text)])).sum().item() for text in texts)
         nll = float(rows[f'val text {dataset}'][6])
+        decoded = [load_tokenizer(dataset)[1](row) for row in reference.tolist()]
+        assert float(rows[f'val text {dataset}'][9]) == pytest.approx(
+            sum(text.count('\n') for text in decoded) / sum(map(len, decoded)), abs=6e-4)
         assert nll == pytest.approx(total / sum(len(text) - 1 for text in texts), abs=6e-4)
         if dataset == char:
             assert nll == pytest.approx(judge_token_nlls(judge, reference).mean().item(), abs=6e-4)
