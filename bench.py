@@ -35,7 +35,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from configurator import UserError, configure, note_for_ctrl_c, parse_list, require_range
+from configurator import UserError, configure, note_for_ctrl_c, parse_list, require_range, script_defaults
 import diffusion
 from loading import (chars_per_token, get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint,
                      read_meta, setup_device, timed)
@@ -663,50 +663,50 @@ section('Proofreading', [
 # -----------------------------------------------------------------------------
 # 4. speed: training on fresh models of one architecture, that of the first diffusion checkpoint
 print("training speed...", flush=True)
-arch = dict(asdict(models[0][1].config), mask_logit_bias=0.0, diffusion_block=0, causal_clean=False) # the step has no AR loss
+arch = dict(asdict(models[0][1].config), diffusion_block=0, causal_clean=False) # the step has no AR loss
 ar_arch = dict(arch, model_type='gpt2', vocab_size=arch['mask_token_id'], mask_token_id=-1, wrong_token_id=-1,
                time_conditioning=False)
-block = arch['block_size']
-# the block sizes of the checkpoints that cut this block_size into whole blocks
-blocks = sorted({m.denoising_block for _, m, _ in models if m.denoising_block and block % m.denoising_block == 0})
+block_size = arch['block_size']
+# the diffusion blocks of the checkpoints that cut this block_size into whole blocks
+blocks = sorted({m.denoising_block for _, m, _ in models if m.denoising_block and block_size % m.denoising_block == 0})
+
+
+train_settings = dict(script_defaults(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')),
+                      loss_type='elbo') # train.py's defaults, the ELBO objective
 
 
 def training_speed(model_args):
-    """(tokens/s, seconds per iteration, the model) of train.py's step on a fresh model:
-    for diffusion the ELBO objective (mask-only corruption of each block, or of each row,
-    the two-stream pass of a block model); forward, loss, backward, gradient clipping, AdamW
-    and, for diffusion, the [MASK] bias controller. One batch of real val text is reused:
-    data loading is the same for every kind of model."""
+    """(tokens/s, seconds per iteration, the model) of train.py's step on a fresh model, with
+    train.py's default settings: forward, loss, backward, gradient clipping, AdamW and, for
+    diffusion, the [MASK] bias controller; the loss of diffusion.training_loss with the ELBO
+    objective (mask-only corruption of each block, or of each row; the two-stream pass of a
+    block model). One batch of real val text is reused: data loading is the same for every
+    kind of model."""
+    s = train_settings
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**model_args)).to(device)
-    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
-    x, y = get_batch(val_data[dataset_of[models[0][0]]], batch_size, block, torch.Generator().manual_seed(seed), device)
+    optimizer = model.configure_optimizers(s['weight_decay'], s['learning_rate'], (s['beta1'], s['beta2']), device_type)
+    x, y = get_batch(val_data[dataset_of[models[0][0]]], batch_size, block_size, torch.Generator().manual_seed(seed), device)
     noise = torch.Generator(device=device).manual_seed(seed)
-    mask_id, rows = model.config.mask_token_id, model.denoising_block or block
 
     def step():
         if model.config.model_type == 'gpt2':
             with ctx:
                 _, loss = model(x, y)
-        else: # train.py's model_loss: one noise level per block (per row for a full-sequence model)
-            inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(
-                diffusion.block_rows(x, rows), noise, mask_id, 'linear')
-            with ctx:
-                logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x)
-            logits = diffusion.block_rows(logits, rows)
-            loss, _ = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id)
+        else:
+            loss, stats = diffusion.training_loss(model, x, y, noise, 0, s, ctx)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s['grad_clip'])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if model.config.model_type == 'diffusion':
-            p_mask, _ = diffusion.mask_statistics(logits, inputs, mask_id, model.mask_logit_bias)
-            model.mask_logit_bias.copy_(diffusion.update_mask_bias(model.mask_logit_bias, p_mask, 0.5, 0.1, 20.0))
+            model.mask_logit_bias.copy_(diffusion.update_mask_bias(
+                model.mask_logit_bias, stats['p_mask'], s['target_mask_prob'], s['mask_bias_gain'], s['mask_bias_limit']))
 
     for _ in range(2): # warm-up: allocations, kernel selection
         step()
     _, seconds = timed(lambda: [step() for _ in range(speed_iters)], device_type)
-    return batch_size * block * speed_iters / seconds, seconds / speed_iters, model
+    return batch_size * block_size * speed_iters / seconds, seconds / speed_iters, model
 
 
 # (label, architecture): AR, full-sequence diffusion and a block model per block size (without time
@@ -716,9 +716,9 @@ variants = [('AR', ar_arch), ('diffusion', arch)] + [
 speeds = [(label, *training_speed(args)) for label, args in progress(variants, 'training speed', 'model')]
 section('Training speed', [
     f"Fresh models of the architecture of {models[0][0]} ({arch['n_layer']} layers, {arch['n_head']} heads, "
-    f"{arch['n_embd']} wide, block_size {block}, {arch['pos_encoding']} positions), batch {batch_size}, eager "
-    f"(no torch.compile), {speed_iters} timed iterations of train.py's step: forward, loss, backward, clipping, "
-    "AdamW; for diffusion the `elbo` objective, its mask-only corruption (one noise level per row, or per block) "
+    f"{arch['n_embd']} wide, block_size {block_size}, {arch['pos_encoding']} positions), batch {batch_size}, eager "
+    f"(no torch.compile), {speed_iters} timed iterations of train.py's step with its default settings: forward, loss, "
+    "backward, clipping, AdamW; for diffusion the `elbo` objective, its mask-only corruption (one noise level per row, or per block) "
     "and the [MASK] bias controller. A block model (one per diffusion block among the checkpoints) runs the "
     "two-stream pass of BD3-LM: the noisy and the clean text side by side, twice the positions. tokens/s counts "
     "the text tokens of a batch; `vs AR` is tokens/s relative to AR."],

@@ -117,6 +117,26 @@ def _parse_value(text, default):
         return text
 
 
+def _global_assignments(source):
+    """(name, node) of every top-level `name = value` of a script's source."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            yield node.targets[0].id, node
+
+
+def script_defaults(path):
+    """{key: default} of another script's globals whose first value is a plain literal, read
+    from its source without running it: bench.py times train.py's step with train.py's settings."""
+    defaults = {}
+    for name, node in _global_assignments(open(path, encoding='utf-8').read()):
+        if name not in defaults:
+            try:
+                defaults[name] = ast.literal_eval(node.value)
+            except ValueError: # not a literal, e.g. 5 * 8
+                pass
+    return defaults
+
+
 def option_help(namespace):
     """The --help text of a script: the first paragraph of its docstring, then every option as
     --key=default and the comment beside its global (with the comment lines that continue it),
@@ -127,17 +147,16 @@ def option_help(namespace):
                 for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
     lines = source.splitlines()
     described = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            text, line = [], node.end_lineno
-            if line in comments:
-                column, comment = comments[line]
-                text.append(comment)
-                # comment-only lines below, indented to the same column, continue it
-                while line + 1 in comments and comments[line + 1][0] == column and lines[line].lstrip().startswith('#'):
-                    line += 1
-                    text.append(comments[line][1])
-            described.setdefault(node.targets[0].id, ' '.join(text))
+    for name, node in _global_assignments(source):
+        text, line = [], node.end_lineno
+        if line in comments:
+            column, comment = comments[line]
+            text.append(comment)
+            # comment-only lines below, indented to the same column, continue it
+            while line + 1 in comments and comments[line + 1][0] == column and lines[line].lstrip().startswith('#'):
+                line += 1
+                text.append(comments[line][1])
+        described.setdefault(name, ' '.join(text))
     intro = (namespace.get('__doc__') or '').strip().split('\n\n')[0]
     options = [f"  --{key}={namespace[key]!r}" + (f"\n      {described[key]}" if described.get(key) else '')
                for key in config_keys(namespace)]

@@ -279,14 +279,24 @@ def elbo_bound(model, batches, mask_token_id, block, schedule, generator, ctx=nu
     return torch.stack(bounds).mean().item()
 
 
+def with_mask_bias(logits, mask_token_id, mask_logit_bias):
+    """The model's logits as sampling reads them: the controller's bias (a tensor) added to the
+    [MASK] column. Only the samplers that may draw [MASK] and the controller's statistic need it:
+    every loss and every other sampler leaves [MASK] out of its softmax. Without an in-place write
+    (autograd-safe) and without a tensor made from a Python int on the host (a blocking copy to
+    the GPU at every pass)."""
+    is_mask = torch.arange(logits.size(-1), device=logits.device) == mask_token_id
+    return logits + is_mask * mask_logit_bias.float()
+
+
 def mask_statistics(logits, inputs, mask_token_id, mask_logit_bias):
-    """At masked positions: mean p([MASK]) as the sampler sees it (bias included), and the
-    mean raw logit gap between [MASK] (bias removed) and the best word."""
+    """At masked positions: mean p([MASK]) as the sampler sees it (with the bias), and the
+    mean raw logit gap between [MASK] (without it) and the best word."""
     masked = (inputs == mask_token_id).float()
     n = masked.sum().clamp(min=1)
     logits = logits.detach().float()
-    p_mask = logits.softmax(-1)[..., mask_token_id]
-    gap = logits[..., mask_token_id] - mask_logit_bias - logits[..., :mask_token_id].max(-1).values
+    p_mask = with_mask_bias(logits, mask_token_id, mask_logit_bias).softmax(-1)[..., mask_token_id]
+    gap = logits[..., mask_token_id] - logits[..., :mask_token_id].max(-1).values
     return (p_mask * masked).sum() / n, (gap * masked).sum() / n
 
 
@@ -302,6 +312,44 @@ def update_mask_bias(bias, mean_p_mask, target_mask_prob, gain, limit):
     p = mean_p_mask.clamp(1e-6, 1 - 1e-6)
     error = math.log(target_mask_prob / (1 - target_mask_prob)) - torch.log(p / (1 - p))
     return (bias + gain * error).clamp(-limit, limit)
+
+
+def training_loss(model, x, y, generator, it, settings, ctx=nullcontext()):
+    """The loss of one micro-batch of train.py's diffusion training, and detached statistics.
+    x (B, T) is clean text, corrupted here by the objective of settings['loss_type']: the seed
+    recipe at curriculum step it, or mask-only corruption for the ELBO. A block model corrupts
+    each block as a row of its own (one noise level per block) and sees the clean text beside
+    the noisy one; with settings['ar_loss_weight'] > 0 its clean stream also predicts the next
+    tokens y (loss_ar). settings: train.py's configuration by name (its globals). model: the
+    GPT, or the DDP or compiled module around it. Statistics: the loss's per-task CE, and
+    p([MASK]) and the logit gap of mask_statistics, which the controller reads."""
+    gpt = getattr(model, 'module', model) # DDP keeps the GPT in .module; a compiled module passes attributes on
+    mask_id, wrong_id, s = gpt.config.mask_token_id, gpt.config.wrong_token_id, settings
+    span = gpt.denoising_block or x.size(1) # tokens that share one noise level: a block, or a whole row
+    rows = block_rows(x, span)
+    if s['loss_type'] == 'elbo':
+        inputs, targets, _, elbo_weight, noise_level = corrupt_mask_only(
+            rows, generator, mask_id, s['noise_schedule'], max(s['mask_rate_min'], 1e-3), s['mask_rate_max'])
+    else:
+        penalty, remask_ratio = curriculum(it, s['penalty_mask_correct'], s['masking_warmup_iters'],
+                                           s['proofreading_warmup_iters'], s['wrong_share'])
+        inputs, targets, noise_level = corrupt(rows, generator, mask_id, wrong_id, s['guaranteed_correct_factor'],
+                                               remask_ratio, s['mask_rate_min'], s['mask_rate_max'])
+    with ctx:
+        # noise_level is per block row: only time conditioning reads it, and block models have none
+        logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x, both_streams=s['ar_loss_weight'] > 0)
+    logits, clean_logits = block_rows(logits[:, :x.size(1)], span), logits[:, x.size(1):]
+    if s['loss_type'] == 'elbo':
+        loss, stats = elbo_loss(logits, inputs, targets, elbo_weight, mask_id, s['loss_weighting'])
+    else:
+        loss, stats = task_weighted_loss(logits, inputs, targets, noise_level, mask_id, wrong_id, s['weight_unmask_task'],
+                                         s['weight_remask_task'], penalty, s['reward_correct_unmask'], s['seed_normalise'])
+    stats['p_mask'], stats['logit_gap'] = mask_statistics(logits, inputs, mask_id, gpt.mask_logit_bias)
+    if s['ar_loss_weight'] > 0:
+        loss_ar = next_token_loss(clean_logits, y, mask_id)
+        loss = loss + s['ar_loss_weight'] * loss_ar
+        stats['loss_ar'] = loss_ar.detach()
+    return loss, stats
 
 
 # ----------------------------------------------------------------------------
@@ -340,20 +388,23 @@ def sample_tokens(logits, temperature, top_k, top_p, generator):
 
 
 def denoiser_logits(model, x, context=None):
-    """Float logits of a diffusion model on x; the noise level of each row, for a model
-    with time conditioning, is the fraction of its positions still masked. context, from
+    """Float logits of a diffusion model on x, with its [MASK] bias (with_mask_bias); the noise
+    level of each row, for a model with time conditioning, is the fraction of its positions
+    still masked. context, from
     generate(), is a dict: x is then one block at position context['offset'] that sees the
     clean blocks before it through the KV cache context['cache'], which it reads without
     extending. Finished blocks not yet in the cache (context['pending'], the tokens right
     before x) ride along in the first pass, which stores them: no pass of their own."""
-    noise_level = (x == model.config.mask_token_id).float().mean(1)
+    mask_id = model.config.mask_token_id
+    noise_level = (x == mask_id).float().mean(1)
     if context is None:
         logits, _ = model(x, noise_level=noise_level)
-        return logits.float()
-    pending = context.pop('pending', x[:, :0])
-    logits, _ = model(torch.cat([pending, x], 1), noise_level=noise_level, kv_cache=context['cache'],
-                      pos_offset=context['offset'] - pending.size(1), store=pending.size(1))
-    return logits[:, pending.size(1):].float()
+    else:
+        pending = context.pop('pending', x[:, :0])
+        logits, _ = model(torch.cat([pending, x], 1), noise_level=noise_level, kv_cache=context['cache'],
+                          pos_offset=context['offset'] - pending.size(1), store=pending.size(1))
+        logits = logits[:, pending.size(1):]
+    return with_mask_bias(logits.float(), mask_id, model.mask_logit_bias)
 
 
 @torch.no_grad()

@@ -210,7 +210,8 @@ def load_checkpoint(out_dir, device='cpu', key='out_dir'):
 
 def model_from_checkpoint(checkpoint, device='cpu'):
     """Rebuild the GPT of a checkpoint (loaded by load_checkpoint)."""
-    model = GPT(GPTConfig(**checkpoint['model_args']))
+    # older checkpoints also hold the [MASK] bias in model_args: the state dict's copy is the one used
+    model = GPT(GPTConfig(**{k: v for k, v in checkpoint['model_args'].items() if k != 'mask_logit_bias'}))
     # torch.compile prefixes parameter names with _orig_mod.
     state_dict = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
     model.load_state_dict(state_dict)

@@ -126,7 +126,6 @@ class GPTConfig:
     pos_encoding: str = 'learned' # 'learned' absolute positions (nanoGPT/GPT-2) or 'rope' (rotary on q/k)
     mask_token_id: int = -1 # diffusion only: id of [MASK] (= base vocab size)
     wrong_token_id: int = -1 # diffusion only: id of [WRONG] (= base vocab size + 1)
-    mask_logit_bias: float = 0.0 # diffusion only: added to the [MASK] logit; set by the training controller
     time_conditioning: bool = False # diffusion only: add an embedding of the noise level to the input
     tie_embeddings: bool = True # one matrix for the token embedding and the output head (GPT-2); False: two
     embedding_init_std: float = 0.02 # std of the untied token embedding's init (1.0 = PyTorch's nn.Embedding default)
@@ -213,9 +212,10 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings: # weight tying: https://paperswithcode.com/method/weight-tying
             self.transformer.wte.weight = self.lm_head.weight
-        # a buffer (not a Python float) so that the training controller can change it
-        # without recompiling, and so that it is saved in the state dict
-        self.register_buffer('mask_logit_bias', torch.tensor(float(config.mask_logit_bias)))
+        # the [MASK] logit bias of the training controller, which sampling applies too
+        # (diffusion.with_mask_bias): kept here only so that the state dict carries it with the
+        # weights and DDP broadcasts it; forward never reads it
+        self.register_buffer('mask_logit_bias', torch.tensor(0.0))
 
         self.apply(self._init_weights)
         # scaled init of the residual projections, per the GPT-2 paper
@@ -275,8 +275,8 @@ class GPT(nn.Module):
         """idx (B, T) token ids. Returns (logits, loss).
         gpt2: with targets, logits for every position and the next-token loss; without,
         logits of the last position only (inference), as in nanoGPT.
-        diffusion: float32 logits (B, T, V) for every position with the [MASK] bias applied;
-        loss None (diffusion.py's business). noise_level (B,) in [0,1] feeds time_conditioning.
+        diffusion: float32 logits (B, T, V) for every position, without the [MASK] bias (applied
+        by diffusion.py, where it is sampling and training policy); loss None (diffusion.py's business). noise_level (B,) in [0,1] feeds time_conditioning.
         A block diffusion model trained in one pass takes the clean text too, clean (B, T): it
         runs [idx ; clean] side by side (2T positions, both at 0..T-1, two_stream_mask) and returns
         the logits of the noisy half; a full-sequence model ignores clean. Without clean, a block
@@ -316,11 +316,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x if both_streams else x[:, :t]) # without both_streams, the noisy half of a two-stream pass
 
         if self.config.model_type == 'diffusion':
-            # float32 logits (every consumer needs them so) plus the bias on the [MASK] column, without
-            # an in-place write (autograd-safe) and without a tensor made from a Python int on the host
-            # (a blocking copy to the GPU at every pass)
-            is_mask = torch.arange(self.config.vocab_size, device=device) == self.config.mask_token_id
-            return self.lm_head(x).float() + is_mask * self.mask_logit_bias.float(), None
+            return self.lm_head(x).float(), None # float32: every consumer needs them so
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

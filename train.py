@@ -257,7 +257,7 @@ elif block_size > model.config.block_size:
     raise UserError(f"the model from init_from='{init_from}' has block_size {model.config.block_size}: set --block_size={model.config.block_size} or less")
 model.to(device)
 diffusion_mode = model.config.model_type == 'diffusion'
-mask_id, wrong_id = model.config.mask_token_id, model.config.wrong_token_id
+mask_id = model.config.mask_token_id
 noise_span = model.denoising_block or block_size # tokens that share one noise level: a block, or a whole row
 
 # initialize a GradScaler. If enabled=False scaler is a no-op
@@ -301,41 +301,13 @@ if ddp:
 
 
 def model_loss(x, y, generator, it):
-    """Loss of one micro-batch and detached diagnostics. For diffusion, x is clean text
-    that gets corrupted here: the seed recipe at curriculum step it, or mask-only corruption
-    for the ELBO. A block model corrupts each block as a row of its own (one noise level per
-    block) and sees the clean text beside the noisy one; with ar_loss_weight, its clean
-    stream also predicts the next tokens y (loss_ar)."""
-    if not diffusion_mode:
-        with ctx:
-            _, loss = model(x, y)
-        return loss, {}
-    rows = diffusion.block_rows(x, noise_span)
-    if loss_type == 'elbo':
-        inputs, targets, _, elbo_weight, noise_level = diffusion.corrupt_mask_only(
-            rows, generator, mask_id, noise_schedule, max(mask_rate_min, 1e-3), mask_rate_max)
-    else:
-        penalty, remask_ratio = diffusion.curriculum(it, penalty_mask_correct, masking_warmup_iters,
-                                                     proofreading_warmup_iters, wrong_share)
-        inputs, targets, noise_level = diffusion.corrupt(rows, generator, mask_id, wrong_id, guaranteed_correct_factor,
-                                                         remask_ratio, mask_rate_min, mask_rate_max)
+    """Loss of one micro-batch and detached statistics: nanoGPT's next-token loss, or the
+    diffusion objective at curriculum step it (diffusion.training_loss, x corrupted there)."""
+    if diffusion_mode:
+        return diffusion.training_loss(model, x, y, generator, it, config, ctx)
     with ctx:
-        # noise_level is per block row: only time conditioning reads it, and block models have none
-        logits, _ = model(inputs.view_as(x), noise_level=noise_level, clean=x, both_streams=ar_loss_weight > 0)
-    logits, clean_logits = logits[:, :x.size(1)], logits[:, x.size(1):]
-    logits = diffusion.block_rows(logits, noise_span)
-    if loss_type == 'elbo':
-        loss, stats = diffusion.elbo_loss(logits, inputs, targets, elbo_weight, mask_id, loss_weighting)
-    else:
-        loss, stats = diffusion.task_weighted_loss(logits, inputs, targets, noise_level, mask_id, wrong_id,
-                                                   weight_unmask_task, weight_remask_task, penalty, reward_correct_unmask,
-                                                   seed_normalise)
-    stats['p_mask'], stats['logit_gap'] = diffusion.mask_statistics(logits, inputs, mask_id, raw_model.mask_logit_bias)
-    if ar_loss_weight > 0:
-        stats['loss_ar'] = diffusion.next_token_loss(clean_logits, y, mask_id)
-        loss = loss + ar_loss_weight * stats['loss_ar']
-        stats['loss_ar'] = stats['loss_ar'].detach()
-    return loss, stats
+        _, loss = model(x, y)
+    return loss, {}
 
 
 @torch.no_grad()
@@ -388,7 +360,6 @@ def gather_states(state):
 
 
 def save():
-    raw_model.config.mask_logit_bias = raw_model.mask_logit_bias.item() # generation applies the same bias
     rng = {'data': gather_states(data_generator.get_state()), 'noise': gather_states(noise_generator.get_state()),
            'torch': gather_states(torch.get_rng_state()),
            'cuda': gather_states(torch.cuda.get_rng_state()) if device_type == 'cuda' else None,

@@ -272,3 +272,16 @@ def test_every_script_has_help(script):
     assert r.returncode == 0 and not r.stderr, r.stderr
     assert r.stdout.startswith(f'usage: python {script}')
     assert r.stdout.count('\n  --') >= 4 and r.stdout.count('\n      ') >= 4 # options, most with their comment
+
+
+def test_script_defaults_reads_the_first_literal_of_each_global(tmp_path):
+    script = tmp_path / 'script.py'
+    script.write_text("import os\nlr = 6e-4 # a comment\nname = 'run'\nsteps = 5 * 8\nflags = (1, 2)\n"
+                      "lr = 1.0\nif True:\n    inner = 3\ndevice, kind = 'cpu', 'cpu'\n")
+    assert configurator.script_defaults(str(script)) == {'lr': 6e-4, 'name': 'run', 'flags': (1, 2)}
+
+
+def test_script_defaults_of_train_py_are_its_globals():
+    defaults = configurator.script_defaults(str(ROOT / 'train.py'))
+    assert defaults['loss_type'] == 'seed' and defaults['learning_rate'] == 6e-4 and defaults['target_mask_prob'] == 0.5
+    assert 'gradient_accumulation_steps' not in defaults # 5 * 8 is not a literal

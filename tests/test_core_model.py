@@ -2,10 +2,12 @@
 [MASK] bias, time conditioning, KV-cache generation, model surgery, optimizer groups,
 MFU and GPT-2 weight loading (against a tiny HuggingFace checkpoint made locally)."""
 import copy
+from dataclasses import asdict
 
 import pytest
 import torch
 
+import diffusion
 from model import GPT, GPTConfig
 
 V = 20 # base vocabulary of the tiny models
@@ -211,28 +213,29 @@ def test_rope_is_relative():
 # ----------------------------------------------------------------------------
 # the [MASK] bias and time conditioning
 
-def test_mask_logit_bias_only_touches_the_mask_column():
+def test_forward_returns_plain_logits_and_the_bias_is_added_by_diffusion():
     model = tiny('diffusion')
     x = tokens(vocab=V + 2)
     base, _ = model(x)
     model.mask_logit_bias.fill_(3.5)
-    biased, _ = model(x)
+    assert torch.equal(model(x)[0], base) # the model never reads its bias
+    biased = diffusion.with_mask_bias(base, V, model.mask_logit_bias)
     diff = biased - base
     torch.testing.assert_close(diff[..., V], torch.full_like(diff[..., V], 3.5))
     assert torch.equal(diff[..., :V], torch.zeros_like(diff[..., :V]))
     assert torch.equal(diff[..., V + 1], torch.zeros_like(diff[..., V + 1]))
-    # the bias is a buffer saved in the state dict, and the config value initialises it
+    # the samplers read the model's own bias
+    torch.testing.assert_close(diffusion.denoiser_logits(model, x), biased)
+    # the bias is a buffer saved in the state dict, not a model setting
     assert model.state_dict()['mask_logit_bias'].item() == 3.5
-    model2 = tiny('diffusion', mask_logit_bias=-2.0)
-    assert model2.mask_logit_bias.item() == -2.0
-    torch.testing.assert_close(model2(x)[0] - base, diff * (-2.0 / 3.5))
+    assert 'mask_logit_bias' not in asdict(model.config)
 
 
 def test_mask_logit_bias_is_autograd_safe():
     model = tiny('diffusion')
     model.mask_logit_bias.fill_(1.0)
     logits, _ = model(tokens(vocab=V + 2))
-    logits.sum().backward()
+    diffusion.with_mask_bias(logits, V, model.mask_logit_bias).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
 

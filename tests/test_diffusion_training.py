@@ -1,14 +1,18 @@
 """The training side of diffusion.py: corruption (seed recipe, mask-only, fixed fraction),
-the dual curriculum, the task-weighted and ELBO losses, the [MASK] statistics and the
-logit-bias controller."""
+the dual curriculum, the task-weighted and ELBO losses, the [MASK] statistics, the
+logit-bias controller and train.py's loss of one micro-batch (training_loss)."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from diffusion import (corrupt, corrupt_fixed_fraction, corrupt_mask_only, elbo_loss, curriculum,
-                       mask_schedule, mask_statistics, masked_cross_entropy, task_weighted_loss, update_mask_bias)
+from configurator import script_defaults
+from diffusion import (block_rows, corrupt, corrupt_fixed_fraction, corrupt_mask_only, elbo_loss, curriculum,
+                       mask_schedule, mask_statistics, masked_cross_entropy, next_token_loss, task_weighted_loss,
+                       training_loss, update_mask_bias)
+from model import GPT, GPTConfig
 
 V = 11 # base vocabulary
 MASK, WRONG = V, V + 1
@@ -379,19 +383,21 @@ def test_elbo_of_a_uniform_model_is_log_V():
 def test_mask_statistics_by_hand():
     logits = torch.zeros(1, 3, V + 2)
     logits[0, 0, :V] = torch.arange(V, dtype=torch.float) * 0.1 # best word: 1.0
-    logits[0, 0, MASK] = 3.0 # includes a bias of 2 -> raw 1.0
+    logits[0, 0, MASK] = 1.0 # raw: the bias of 2 makes it 3.0 for p([MASK])
     logits[0, 1, MASK] = 100.0 # not a masked position: ignored
     logits[0, 2, 4] = 2.0
     logits[0, 2, WRONG] = 9.0 # [WRONG] is not a word: not in the gap
-    logits[0, 2, MASK] = 2.5
+    logits[0, 2, MASK] = 0.5
     inputs = torch.tensor([[MASK, 3, MASK]])
     p_mask, gap = mask_statistics(logits, inputs, MASK, torch.tensor(2.0))
-    p0 = logits[0, 0].softmax(-1)[MASK].item()
-    p2 = logits[0, 2].softmax(-1)[MASK].item()
+    biased = logits.clone()
+    biased[..., MASK] += 2.0
+    p0 = biased[0, 0].softmax(-1)[MASK].item()
+    p2 = biased[0, 2].softmax(-1)[MASK].item()
     assert p_mask.item() == pytest.approx((p0 + p2) / 2, rel=1e-5)
-    assert gap.item() == pytest.approx(((3.0 - 2.0 - 1.0) + (2.5 - 2.0 - 2.0)) / 2, rel=1e-5)
+    assert gap.item() == pytest.approx(((1.0 - 1.0) + (0.5 - 2.0)) / 2, rel=1e-5)
     # no masked position at all: finite zeros, not NaN
-    p_mask, gap = mask_statistics(logits, torch.tensor([[0, 1, 2]]), MASK, 0.0)
+    p_mask, gap = mask_statistics(logits, torch.tensor([[0, 1, 2]]), MASK, torch.tensor(0.0))
     assert p_mask.item() == 0.0 and gap.item() == 0.0
 
 
@@ -452,3 +458,68 @@ def test_controller_tracks_a_slowly_drifting_plant():
 def test_controller_keeps_tensor_type():
     out = update_mask_bias(torch.tensor(1.0), torch.tensor(0.5), 0.5, 0.1, 20.0)
     assert isinstance(out, torch.Tensor) and out.item() == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------
+# train.py's loss of one micro-batch
+
+SETTINGS = script_defaults(str(Path(__file__).resolve().parent.parent / 'train.py')) # train.py's defaults
+
+
+def diffusion_model(block=0, causal_clean=False, bias=1.0):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(model_type='diffusion', n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=V + 2,
+                          mask_token_id=MASK, wrong_token_id=WRONG, pos_encoding='rope', diffusion_block=block,
+                          causal_clean=causal_clean))
+    model.mask_logit_bias.fill_(bias)
+    return model
+
+
+class Wrapped(torch.nn.Module):
+    """A stand-in for DDP: the GPT sits in .module."""
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+@pytest.mark.parametrize('block', [0, 4])
+def test_training_loss_elbo_is_the_elbo_of_each_noise_span(block):
+    model, x = diffusion_model(block), clean(3, 16)
+    settings = dict(SETTINGS, loss_type='elbo', mask_rate_min=0.2, mask_rate_max=0.8)
+    loss, stats = training_loss(Wrapped(model), x, x, gen(5), 0, settings)
+    # by hand: one noise level per block (or row), in the training range, the bias only in p([MASK])
+    span = block or 16
+    inputs, targets, _, weight, _ = corrupt_mask_only(block_rows(x, span), gen(5), MASK, 'linear', 0.2, 0.8)
+    logits = block_rows(model(inputs.view_as(x), clean=x)[0], span)
+    expected, _ = elbo_loss(logits, inputs, targets, weight, MASK)
+    torch.testing.assert_close(loss, expected)
+    p_mask, gap = mask_statistics(logits, inputs, MASK, model.mask_logit_bias)
+    torch.testing.assert_close(stats['p_mask'], p_mask)
+    torch.testing.assert_close(stats['logit_gap'], gap)
+    assert set(stats) == {'loss_unmask', 'p_mask', 'logit_gap'}
+
+
+def test_training_loss_seed_follows_the_curriculum():
+    model, x = diffusion_model(), clean(3, 16)
+    it = 250 # a quarter of the default ramps
+    loss, stats = training_loss(model, x, x, gen(2), it, SETTINGS)
+    penalty, remask_ratio = curriculum(it, 0.5, 1000, 1000)
+    inputs, targets, rate = corrupt(x, gen(2), MASK, WRONG, 0.0, remask_ratio)
+    expected, _ = task_weighted_loss(model(inputs)[0], inputs, targets, rate, MASK, WRONG, 1.0, 1.0, penalty, 0.1)
+    torch.testing.assert_close(loss, expected)
+    assert {'loss_unmask', 'loss_remask', 'loss_keep', 'p_mask', 'logit_gap'} == set(stats)
+
+
+def test_training_loss_adds_the_weighted_next_token_loss_of_the_clean_stream():
+    model, x = diffusion_model(4, causal_clean=True), clean(3, 16)
+    y = clean(3, 16, seed=1)
+    settings = dict(SETTINGS, loss_type='elbo')
+    without, _ = training_loss(model, x, y, gen(3), 0, dict(settings, ar_loss_weight=0.0))
+    with_ar, stats = training_loss(model, x, y, gen(3), 0, dict(settings, ar_loss_weight=0.5))
+    clean_logits = model(x, ar=True)[0]
+    torch.testing.assert_close(stats['loss_ar'], next_token_loss(clean_logits, y, MASK))
+    torch.testing.assert_close(with_ar, without + 0.5 * stats['loss_ar'])
+    assert not stats['loss_ar'].requires_grad and with_ar.requires_grad

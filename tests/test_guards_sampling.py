@@ -41,6 +41,7 @@ class Denoiser(torch.nn.Module):
         self.config = SimpleNamespace(model_type='diffusion', mask_token_id=MASK, wrong_token_id=WRONG,
                                       block_size=n, diffusion_block=0)
         self.denoising_block = None # a full-sequence model: generate() gives it no cache
+        self.register_buffer('mask_logit_bias', torch.tensor(0.0)) # the samplers add it to defer
         self.inputs, self.noise_levels = [], []
 
     def forward(self, idx, noise_level=None, kv_cache=None, pos_offset=0, store=None, clean=None):

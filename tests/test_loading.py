@@ -1,9 +1,15 @@
-"""loading.py's GPT-2 BPE tokenizer, with a tiny tiktoken encoding built here (no download)."""
+"""loading.py's GPT-2 BPE tokenizer, with a tiny tiktoken encoding built here (no download), and
+the checkpoints of earlier versions."""
+from dataclasses import asdict
+
 import pytest
 import tiktoken
+import torch
 
+import diffusion
 import loading
 from configurator import UserError
+from model import GPT, GPTConfig
 
 
 @pytest.fixture
@@ -27,3 +33,17 @@ def test_gpt2_tokenizer_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(tiktoken, 'get_encoding', offline)
     with pytest.raises(UserError, match='TIKTOKEN_CACHE_DIR'):
         loading.gpt2_tokenizer()
+
+
+def test_a_checkpoint_with_the_mask_bias_in_model_args_still_loads(tmp_path):
+    """Older checkpoints also kept the [MASK] bias in model_args; the state dict's copy is the one applied."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(model_type='diffusion', n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=12,
+                          mask_token_id=10, wrong_token_id=11, pos_encoding='rope'))
+    model.mask_logit_bias.fill_(1.5)
+    loading.save_checkpoint({'model': model.state_dict(), 'model_args': dict(asdict(model.config), mask_logit_bias=1.5),
+                             'iter_num': 0, 'config': {}}, str(tmp_path))
+    loaded = loading.model_from_checkpoint(loading.load_checkpoint(str(tmp_path)))
+    x = torch.randint(10, (2, 8))
+    assert loaded.mask_logit_bias.item() == 1.5
+    assert torch.equal(diffusion.denoiser_logits(loaded, x), diffusion.denoiser_logits(model, x))

@@ -29,9 +29,10 @@ def tiny(seed=0, model_type='diffusion', vocab=V, mask_logit_bias=0.0, time_cond
     torch.manual_seed(seed)
     specials = dict(vocab_size=vocab + 2, mask_token_id=vocab, wrong_token_id=vocab + 1) if model_type == 'diffusion' else dict(vocab_size=vocab)
     config = GPTConfig(model_type=model_type, n_layer=1, n_head=2, n_embd=32, block_size=32, pos_encoding='rope',
-                       mask_logit_bias=mask_logit_bias, time_conditioning=time_conditioning,
-                       diffusion_block=diffusion_block, **specials)
-    return GPT(config).eval()
+                       time_conditioning=time_conditioning, diffusion_block=diffusion_block, **specials)
+    model = GPT(config).eval()
+    model.mask_logit_bias.fill_(mask_logit_bias)
+    return model
 
 
 def nudge(model, column, value, positions=slice(None)):
