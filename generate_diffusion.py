@@ -91,10 +91,8 @@ if (template or proofread) and length is not None:
     raise UserError(f"--length does not go with --{'template' if template else 'proofread'}: the text sets the length")
 require_choice('sampler', sampler, tuple(diffusion.SAMPLE_FUNCTIONS))
 require_choice('draft', draft, ('ahead', 'simple'))
-if schedule not in ('cosine', 'linear'):
-    raise UserError(f"schedule must be 'cosine' or 'linear', not {schedule!r}")
-if remask not in ('none', 'wrong', 'low_confidence'):
-    raise UserError(f"remask must be 'none', 'wrong' or 'low_confidence', not {remask!r}")
+require_choice('schedule', schedule, ('cosine', 'linear'))
+require_choice('remask', remask, ('none', 'wrong', 'low_confidence'))
 require_choice('order', order, ('auto', 'confidence', 'random', 'left_to_right'))
 require_choice('commit', commit, ('schedule', 'threshold', 'entropy'))
 confidence_only = [key for key in ('remask', 'order', 'commit') if key in configurator.GIVEN]
@@ -223,13 +221,10 @@ def run():
                                                    threshold=None if wrong_threshold == 'argmax' else wrong_threshold,
                                                    **sampling)
             return y, passes, flags
-        if sampler == 'confidence':
-            y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=steps, schedule=schedule, remask=remask,
-                                           order=order, commit=commit, threshold=threshold, entropy_budget=entropy_budget, **sampling)
-        elif sampler == 'speculative':
-            y, passes = diffusion.generate(model, x, diffusion.speculative_sample, draft=draft, **sampling)
-        else:
-            y, passes = diffusion.generate(model, x, diffusion.refine_sample, max_steps=max_steps, **sampling)
+        options = {'confidence': dict(steps=steps, schedule=schedule, remask=remask, order=order, commit=commit,
+                                      threshold=threshold, entropy_budget=entropy_budget),
+                   'speculative': dict(draft=draft), 'refine': dict(max_steps=max_steps)}[sampler]
+        y, passes = diffusion.generate(model, x, diffusion.SAMPLE_FUNCTIONS[sampler], **options, **sampling)
         return y, passes, x == mask_id
 
 

@@ -152,6 +152,44 @@ def save_checkpoint(checkpoint, out_dir):
         os.close(dir_fd)
 
 
+def random_states(generators, device_type, world_size):
+    """The state of every random stream of a training run on every process, for its checkpoint:
+    generators {name: torch.Generator} beside PyTorch's own (and CUDA's). With world_size > 1
+    the states are gathered, so every process must call this; a resumed run restores each
+    rank's own (restore_random_states)."""
+    def gather(state):
+        if world_size == 1:
+            return [state]
+        states = [None] * world_size
+        torch.distributed.all_gather_object(states, state.cpu())
+        return states
+    states = {name: gather(g.get_state()) for name, g in generators.items()}
+    return dict(states, torch=gather(torch.get_rng_state()),
+                cuda=gather(torch.cuda.get_rng_state()) if device_type == 'cuda' else None,
+                device_type=device_type) # a generator's state only fits its device kind
+
+
+def restore_random_states(saved, generators, device_type, rank, world_size, reseed):
+    """Continue the random streams of a checkpoint (random_states) on process rank. On the same
+    device kind and number of processes the streams go on as if the run had never stopped.
+    Elsewhere (a generator's state belongs to its device kind, and each rank had its own) they
+    restart from reseed, a number the caller derives from the seed, the iteration and the rank,
+    with the generators i * 1000 apart: the run continues with fresh batches and noise,
+    reproducibly but not bit for bit. Returns None, or (device kind, processes) of the save."""
+    saved_on = (saved.get('device_type', 'cpu'), len(saved['torch']))
+    if saved_on != (device_type, world_size):
+        for i, g in enumerate(generators.values()):
+            g.manual_seed(reseed + 1000 * i)
+        torch.manual_seed(reseed)
+        return saved_on
+    for name, g in generators.items():
+        g.set_state(saved[name][rank].cpu())
+    torch.set_rng_state(saved['torch'][rank].cpu())
+    if device_type == 'cuda' and saved.get('cuda') is not None:
+        torch.cuda.set_rng_state(saved['cuda'][rank].cpu())
+    return None
+
+
 # ----------------------------------------------------------------------------
 # the training log: train.py's printed lines are for people; scripts read this
 

@@ -311,8 +311,8 @@ class GPT(nn.Module):
         cached = 0 if kv_cache is None or kv_cache[0].get('k') is None else kv_cache[0]['k'].size(2)
         attn_mask = self.attention_mask(t, pos_offset, cached, two_stream, device, store, copies, ar)
         x = self.transformer.drop(x)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, rotary, None if kv_cache is None else kv_cache[i], attn_mask, store)
+        for i, layer in enumerate(self.transformer.h):
+            x = layer(x, rotary, None if kv_cache is None else kv_cache[i], attn_mask, store)
         x = self.transformer.ln_f(x if both_streams else x[:, :t]) # without both_streams, the noisy half of a two-stream pass
 
         if self.config.model_type == 'diffusion':
@@ -351,8 +351,8 @@ class GPT(nn.Module):
         self.config.model_type = 'diffusion'
         self.config.diffusion_block = diffusion_block
         self.config.check()
-        for block in self.transformer.h:
-            block.attn.causal = False
+        for layer in self.transformer.h:
+            layer.attn.causal = False
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):

@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import UserError, configure, require, require_choice, require_range
 import diffusion
 from loading import (append_log, checkpoint_path, chars_per_token, dataset_vocab_size, get_batch, load_checkpoint, load_split,
-                     model_from_checkpoint, require_vocab, save_checkpoint, setup_device, split_path, start_log)
+                     model_from_checkpoint, random_states, require_vocab, restore_random_states, save_checkpoint,
+                     setup_device, split_path, start_log)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -205,6 +206,7 @@ torch.manual_seed(seed + seed_offset)
 train_data, val_data = load_split(dataset, 'train'), load_split(dataset, 'val')
 data_generator = torch.Generator().manual_seed(seed + seed_offset)
 noise_generator = torch.Generator(device=device).manual_seed(seed + 1000 + seed_offset) # corruption noise
+random_streams = {'data': data_generator, 'noise': noise_generator} # saved in checkpoints, for exact resume
 meta_vocab_size = dataset_vocab_size(dataset)
 
 # model init
@@ -269,26 +271,11 @@ if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     if 'scaler' in checkpoint:
         scaler.load_state_dict(checkpoint['scaler'])
-    rng = checkpoint['rng']
-    saved_on = (rng.get('device_type', 'cpu'), len(rng['data']))
-    if saved_on == (device_type, ddp_world_size):
-        # the same streams, continued: the run goes on as if it had never stopped
-        data_generator.set_state(rng['data'][seed_offset].cpu())
-        noise_generator.set_state(rng['noise'][seed_offset].cpu())
-        torch.set_rng_state(rng['torch'][seed_offset].cpu())
-        if device_type == 'cuda' and rng.get('cuda') is not None:
-            torch.cuda.set_rng_state(rng['cuda'][seed_offset].cpu())
-    else:
-        # a generator's state belongs to its device kind, and each rank had its own: on another
-        # device kind or number of processes, every stream restarts from (seed, iteration, rank),
-        # so the run continues with fresh batches and noise, reproducibly but not bit for bit
-        reseed = seed + seed_offset + 1_000_003 * iter_num
-        data_generator.manual_seed(reseed)
-        noise_generator.manual_seed(reseed + 1000)
-        torch.manual_seed(reseed)
-        if master_process:
-            print(f"resuming on {device_type} x {ddp_world_size} a checkpoint saved on {saved_on[0]} x {saved_on[1]}: "
-                  f"random streams re-derived from seed {seed}, iteration {iter_num} and rank")
+    saved_on = restore_random_states(checkpoint['rng'], random_streams, device_type, seed_offset, ddp_world_size,
+                                     seed + seed_offset + 1_000_003 * iter_num)
+    if saved_on and master_process:
+        print(f"resuming on {device_type} x {ddp_world_size} a checkpoint saved on {saved_on[0]} x {saved_on[1]}: "
+              f"random streams re-derived from seed {seed}, iteration {iter_num} and rank")
 checkpoint = None # free up memory
 
 # compile the model
@@ -350,20 +337,8 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def gather_states(state):
-    """The RNG state of every process, so a resumed DDP run restores each rank's own."""
-    if not ddp:
-        return [state]
-    states = [None] * ddp_world_size
-    dist.all_gather_object(states, state.cpu())
-    return states
-
-
 def save():
-    rng = {'data': gather_states(data_generator.get_state()), 'noise': gather_states(noise_generator.get_state()),
-           'torch': gather_states(torch.get_rng_state()),
-           'cuda': gather_states(torch.cuda.get_rng_state()) if device_type == 'cuda' else None,
-           'device_type': device_type} # the noise generator's state only fits this device kind
+    rng = random_states(random_streams, device_type, ddp_world_size) # every rank's
     if master_process:
         print(f"saving checkpoint to {out_dir}")
         save_checkpoint({'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),

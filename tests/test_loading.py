@@ -47,3 +47,21 @@ def test_a_checkpoint_with_the_mask_bias_in_model_args_still_loads(tmp_path):
     x = torch.randint(10, (2, 8))
     assert loaded.mask_logit_bias.item() == 1.5
     assert torch.equal(diffusion.denoiser_logits(loaded, x), diffusion.denoiser_logits(model, x))
+
+
+def test_random_states_continue_on_the_same_setup_and_restart_from_reseed_elsewhere():
+    streams = {'data': torch.Generator().manual_seed(1), 'noise': torch.Generator().manual_seed(2)}
+    torch.manual_seed(3)
+    saved = loading.random_states(streams, 'cpu', 1)
+    expected = [torch.rand(4, generator=g) for g in streams.values()] + [torch.rand(4)]
+    # the same device kind and number of processes: every stream goes on where it was saved
+    fresh = {'data': torch.Generator(), 'noise': torch.Generator()}
+    assert loading.restore_random_states(saved, fresh, 'cpu', 0, 1, reseed=99) is None
+    for want, got in zip(expected, [torch.rand(4, generator=g) for g in fresh.values()] + [torch.rand(4)]):
+        assert torch.equal(want, got)
+    # saved on another device kind: every stream restarts from reseed, the generators 1000 apart
+    saved['device_type'] = 'cuda'
+    assert loading.restore_random_states(saved, fresh, 'cpu', 0, 1, reseed=99) == ('cuda', 1)
+    assert torch.equal(torch.rand(4, generator=fresh['data']), torch.rand(4, generator=torch.Generator().manual_seed(99)))
+    assert torch.equal(torch.rand(4, generator=fresh['noise']), torch.rand(4, generator=torch.Generator().manual_seed(1099)))
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(99)))
