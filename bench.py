@@ -39,8 +39,8 @@ from configurator import UserError, configure, note_for_ctrl_c, parse_list, requ
 import diffusion
 from loading import (chars_per_token, get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint,
                      read_meta, setup_device, timed)
-from metrics import (best_threshold, char_error_rate, detection_prf, judge_nll_per_char, judge_token_nlls, repetition,
-                     substitute_tokens, unigram_entropy)
+from metrics import (ar_rewrite, ar_token_probs, best_threshold, char_error_rate, detection_prf, judge_nll_per_char,
+                     match_entropy, repetition, substitute_tokens, unigram_entropy)
 from model import GPT, GPTConfig
 from plots import write_plots
 from progress import progress
@@ -464,51 +464,12 @@ print(f"fixed temperature: {time.time() - t_quality:.0f}s", flush=True)
 t_matched = time.time()
 
 
-def closest_try(tries, target):
-    return min(tries, key=lambda r: abs(r['entropy'] - target))
-
-
-def at_target(below, above, key, target):
-    """r[key] interpolated linearly in entropy between two tries, at the target entropy."""
-    share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
-    return below[key] + share * (above[key] - below[key])
-
-
 def match(name, sampler, steps):
     """The generator's metrics at exactly the unigram entropy of the val text of its dataset (real
-    text of the same size: the entropy estimate is biased low for few tokens). Entropy rises with the
-    temperature: starting at `temperature`, each try steps the temperature by 25 % toward the
-    target until two tries bracket it, then takes the secant between the bracketing pair, until
-    both ends of the bracket lie within match_tolerance of the target (at most match_tries
-    generations, in [min_temperature, max_temperature]), or until one try lands within a twentieth
-    of the band. Judge NLL, repetition and temperature are
-    then interpolated linearly in entropy between those two tries, at the target itself: a band
-    alone is not enough, since the NLL moves fast with the entropy (a row at the top of a 2 % band
-    pays ~0.1 nats). Without such a bracket: the try closest to the target, marked not matched."""
-    target = val_rows[dataset_of[name]]['entropy']
-    tries = [measure(name, sampler, steps, min(max(temperature, min_temperature), max_temperature))]
-    in_band = lambda r: abs(r['entropy'] - target) <= match_tolerance * target
-    while True:
-        below = max((r for r in tries if r['entropy'] <= target), key=lambda r: r['entropy'], default=None)
-        above = min((r for r in tries if r['entropy'] > target), key=lambda r: r['entropy'], default=None)
-        # a try within a twentieth of the band is taken as it is (the NLL moves < 0.01 nats there): the
-        # secant can creep onto the target from one side and never bracket it from within the band
-        exact = abs(closest_try(tries, target)['entropy'] - target) <= match_tolerance * target / 20
-        bracketed = exact or (below is not None and above is not None and in_band(below) and in_band(above))
-        if bracketed or len(tries) == match_tries:
-            break
-        if below is not None and above is not None: # the secant
-            temp = at_target(below, above, 'temperature', target)
-        else:
-            temp = min(max(tries[-1]['temperature'] * (1.25 if above is None else 0.8), min_temperature), max_temperature)
-        if any(r['temperature'] == temp for r in tries): # stuck at a temperature limit, or converged
-            break
-        tries.append(measure(name, sampler, steps, temp))
-    closest = closest_try(tries, target)
-    if not bracketed or exact:
-        return dict(closest, tries=len(tries), matched=bracketed)
-    interpolated = {key: at_target(below, above, key, target) for key in ('nll', 'rep', 'newlines', 'temperature')}
-    return dict(closest, **interpolated, entropy=target, tries=len(tries), matched=True)
+    text of the same size: the entropy estimate is biased low for few tokens), by match_entropy's
+    search over the temperature."""
+    return match_entropy(lambda temp: measure(name, sampler, steps, temp), val_rows[dataset_of[name]]['entropy'],
+                         temperature, match_tolerance, match_tries, min_temperature, max_temperature)
 
 
 matched = [match(name, 'autoregressive', '-') for name, _, _ in ar_models] + [
@@ -562,14 +523,6 @@ def corrupted_batches(dataset, block_size, rate, tuning=False):
             for x, _ in val_batches(dataset, block_size, batch_seed)]
 
 
-def ar_probs(model, tokens):
-    """(B, T): an AR model's probability of each token given the tokens before it; +inf at the first
-    position, which has no text before it to be judged by (so never below a threshold)."""
-    with ctx:
-        probs = (-judge_token_nlls(model, tokens)).exp()
-    return torch.cat([torch.full_like(probs[:, :1], float('inf')), probs], 1)
-
-
 def tuned_threshold(name, model, rate, score):
     """The F1-best threshold (best_threshold) of a detector that flags the tokens whose score(model,
     tokens) is below it, on the tuning draw of corrupted val batches at this rate."""
@@ -584,28 +537,14 @@ def not_wrong(model, tokens):
         return 1 - diffusion.wrong_probs(model, tokens)
 
 
-@torch.no_grad()
-def ar_rewrite(model, tokens, flags, vocab):
-    """tokens with the flagged positions rewritten left to right, each by the AR model's argmax (over
-    the vocab real tokens) given the text before it as corrected so far; the first position, with no
-    text before it, stays. Pass k rewrites the k-th flag of every row: a pass per flag of the most
-    flagged row."""
-    nth = flags[:, 1:].cumsum(1) * flags[:, 1:] # k at the k-th flag of a row, after its first position
-    for k in range(1, int(nth.max()) + 1):
-        with ctx:
-            logits, _ = model(tokens[:, :-1], tokens[:, 1:])
-        tokens = torch.cat([tokens[:, :1], torch.where(nth == k, logits[..., :vocab].argmax(-1), tokens[:, 1:])], 1)
-    return tokens
-
-
 def proofread_batch(name, model, corrupted, truth, cutoff, fix):
     """(flags, corrected, corrected with perfect detection) of corrupted rows. AR: flags the tokens less
     probable than cutoff given the text before them, rewritten by ar_rewrite. Diffusion: flags [WRONG]
     (its argmax when cutoff is None, else p([WRONG]) > 1 - cutoff) and rewrites in proofread_steps
     confidence steps (diffusion.proofread), sampling with fix."""
     if model.config.model_type == 'gpt2':
-        flags, vocab = ar_probs(model, corrupted) < cutoff, vocab_of[dataset_of[name]]
-        return flags, ar_rewrite(model, corrupted, flags, vocab), ar_rewrite(model, corrupted, truth, vocab)
+        flags, vocab = ar_token_probs(model, corrupted, ctx) < cutoff, vocab_of[dataset_of[name]]
+        return flags, ar_rewrite(model, corrupted, flags, vocab, ctx), ar_rewrite(model, corrupted, truth, vocab, ctx)
     with ctx:
         flags, corrected, _ = diffusion.proofread(model, corrupted, proofread_steps, generator=fix,
                                                   threshold=None if cutoff is None else 1 - cutoff,
@@ -621,7 +560,7 @@ for name, model, checkpoint in progress(ar_models + models, 'proofreading', 'mod
     is_ar = model.config.model_type == 'gpt2'
     # AR: a tuned threshold on p(token | text before); diffusion: the [WRONG] argmax, then a tuned p([WRONG])
     detectors = [(rate, cutoff) for rate in proofread_rates
-                 for cutoff in ([tuned_threshold(name, model, rate, ar_probs)] if is_ar
+                 for cutoff in ([tuned_threshold(name, model, rate, functools.partial(ar_token_probs, ctx=ctx))] if is_ar
                                 else [None, tuned_threshold(name, model, rate, not_wrong)])]
     for rate, cutoff in detectors:
         fix = torch.Generator(device=device).manual_seed(seed + 8) # the sampling of the corrections

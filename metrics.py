@@ -2,11 +2,14 @@
 The measurements of the evaluation script (bench.py), as plain functions on token
 tensors, so that each one can be checked on a tiny input with a known answer:
 - sample quality: NLL under an autoregressive judge (per token, or per character of text
-  that the judge re-encodes with its own tokenizer), unigram entropy, repetition;
+  that the judge re-encodes with its own tokenizer), unigram entropy, repetition, and the
+  temperature search that compares generators at one entropy;
 - proofreading: random substitutions with a known truth mask, detection precision/recall/F1,
   the threshold that maximises F1 (and the [WRONG] threshold of a diffusion model tuned so),
-  and the token (character) error rate.
+  the AR detector and rewriter, and the token (character) error rate.
 """
+
+from contextlib import nullcontext
 
 import torch
 from torch.nn import functional as F
@@ -85,6 +88,54 @@ def repetition(tokens, n=4):
     return (1 - distinct.double() / G).mean().item()
 
 
+def closest_try(tries, target):
+    return min(tries, key=lambda r: abs(r['entropy'] - target))
+
+
+def at_target(below, above, key, target):
+    """r[key] interpolated linearly in entropy between two tries, at the target entropy."""
+    share = (target - below['entropy']) / (above['entropy'] - below['entropy'])
+    return below[key] + share * (above[key] - below[key])
+
+
+def match_entropy(measure, target, start_temperature, tolerance, max_tries, min_temperature, max_temperature):
+    """A generator's metrics at exactly the target unigram entropy. measure(temperature) generates
+    at that temperature and returns a dict of at least 'entropy', 'temperature', 'nll', 'rep' and
+    'newlines'. Entropy rises with the temperature: starting at start_temperature, each try steps the
+    temperature by 25 % toward the target until two tries bracket it, then takes the secant between
+    the bracketing pair, until both ends of the bracket lie within tolerance (a fraction of the
+    target) of the target (at most max_tries calls of measure, in [min_temperature, max_temperature]),
+    or until one try lands within a twentieth of the band. 'nll', 'rep', 'newlines' and 'temperature'
+    are then interpolated linearly in entropy between those two tries, at the target itself: a band
+    alone is not enough, since the NLL moves fast with the entropy (a row at the top of a 2 % band
+    pays ~0.1 nats). Returns the try closest to the target with tries= (the calls of measure) and
+    matched=True, its interpolated keys and entropy=target, or that try as it is when it lies within
+    a twentieth of the band. Without such a bracket: the try closest to the target, matched=False."""
+    tries = [measure(min(max(start_temperature, min_temperature), max_temperature))]
+    in_band = lambda r: abs(r['entropy'] - target) <= tolerance * target
+    while True:
+        below = max((r for r in tries if r['entropy'] <= target), key=lambda r: r['entropy'], default=None)
+        above = min((r for r in tries if r['entropy'] > target), key=lambda r: r['entropy'], default=None)
+        # a try within a twentieth of the band is taken as it is (the NLL moves < 0.01 nats there): the
+        # secant can creep onto the target from one side and never bracket it from within the band
+        exact = abs(closest_try(tries, target)['entropy'] - target) <= tolerance * target / 20
+        bracketed = exact or (below is not None and above is not None and in_band(below) and in_band(above))
+        if bracketed or len(tries) == max_tries:
+            break
+        if below is not None and above is not None: # the secant
+            temp = at_target(below, above, 'temperature', target)
+        else:
+            temp = min(max(tries[-1]['temperature'] * (1.25 if above is None else 0.8), min_temperature), max_temperature)
+        if any(r['temperature'] == temp for r in tries): # stuck at a temperature limit, or converged
+            break
+        tries.append(measure(temp))
+    closest = closest_try(tries, target)
+    if not bracketed or exact:
+        return dict(closest, tries=len(tries), matched=bracketed)
+    interpolated = {key: at_target(below, above, key, target) for key in ('nll', 'rep', 'newlines', 'temperature')}
+    return dict(closest, **interpolated, entropy=target, tries=len(tries), matched=True)
+
+
 # ----------------------------------------------------------------------------
 # proofreading
 
@@ -138,6 +189,28 @@ def tuned_wrong_threshold(model, batches, rate, generator):
     not_wrong = torch.cat([1 - wrong_probs(model, tokens) for tokens, _ in corrupted])
     threshold, _ = best_threshold(not_wrong, torch.cat([truth for _, truth in corrupted]))
     return 1 - threshold
+
+
+def ar_token_probs(model, tokens, ctx=nullcontext()):
+    """(B, T): an AR model's probability of each token given the tokens before it; +inf at the first
+    position, which has no text before it to be judged by (so never below a threshold)."""
+    with ctx:
+        probs = (-judge_token_nlls(model, tokens)).exp()
+    return torch.cat([torch.full_like(probs[:, :1], float('inf')), probs], 1)
+
+
+@torch.no_grad()
+def ar_rewrite(model, tokens, flags, vocab, ctx=nullcontext()):
+    """tokens with the flagged positions rewritten left to right, each by the AR model's argmax (over
+    the vocab real tokens) given the text before it as corrected so far; the first position, with no
+    text before it, stays. Pass k rewrites the k-th flag of every row: a pass per flag of the most
+    flagged row."""
+    nth = flags[:, 1:].cumsum(1) * flags[:, 1:] # k at the k-th flag of a row, after its first position
+    for k in range(1, int(nth.max()) + 1):
+        with ctx:
+            logits, _ = model(tokens[:, :-1], tokens[:, 1:])
+        tokens = torch.cat([tokens[:, :1], torch.where(nth == k, logits[..., :vocab].argmax(-1), tokens[:, 1:])], 1)
+    return tokens
 
 
 def char_error_rate(pred, ref):

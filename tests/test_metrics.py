@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metrics import char_error_rate, detection_prf, judge_token_nlls, repetition, substitute_tokens, unigram_entropy
+from metrics import (ar_rewrite, ar_token_probs, char_error_rate, detection_prf, judge_token_nlls, match_entropy,
+                     repetition, substitute_tokens, unigram_entropy)
 from model import GPT, GPTConfig
 
 
@@ -69,6 +70,100 @@ def test_repetition():
     assert repetition(rows, n=4) == pytest.approx((0 + 0 + 1 / 2) / 3)
     with pytest.raises(ValueError):
         repetition(torch.zeros(1, 3, dtype=torch.long), n=4)
+
+
+def try_at(t, entropy_at):
+    """A generation at temperature t whose entropy is entropy_at(t) and whose other metrics are linear in t."""
+    return dict(entropy=entropy_at(t), temperature=t, nll=3 - t, rep=t / 10, newlines=t / 100, text=f'at {t}')
+
+
+def recorded(entropy_at):
+    """A measure for match_entropy (try_at), and the list of the temperatures it is called at."""
+    calls = []
+
+    def measure(t):
+        calls.append(t)
+        return try_at(t, entropy_at)
+    return measure, calls
+
+
+def test_match_entropy_interpolates_between_two_tries_in_band():
+    # 1.0 and 1.25 (a 25 % step) give 2.97 and 3.02, both within 2 % of 3.0 and one on each side:
+    # every metric is linear in the entropy, so its interpolation is its value at the target's temperature
+    measure, calls = recorded(lambda t: 3 + 0.2 * (t - 1.15))
+    result = match_entropy(measure, 3.0, 1.0, 0.02, 8, 0.3, 2.5)
+    assert calls == [1.0, 1.25]
+    assert result['matched'] and result['tries'] == 2 and result['entropy'] == 3.0
+    assert [result[k] for k in ('temperature', 'nll', 'rep', 'newlines')] == pytest.approx([1.15, 1.85, 0.115, 0.0115])
+    assert result['text'] == 'at 1.25' # the rest is the try closest to the target
+
+
+def test_match_entropy_steps_then_secant_then_takes_an_exact_try_as_it_is():
+    measure, calls = recorded(lambda t: t ** 3)
+    result = match_entropy(measure, 3.0, 1.0, 0.02, 8, 0.3, 2.5)
+    assert calls[:3] == [1.0, 1.25, 1.5625] # 25 % steps up until the target is bracketed
+    assert calls[3] == pytest.approx(1.25 + (3 - 1.25 ** 3) / (1.5625 ** 3 - 1.25 ** 3) * (1.5625 - 1.25)) # the secant
+    # the secant creeps onto 3.0 from below, until one try lies within a twentieth of the band
+    assert all(t ** 3 < 3.0 for t in calls[3:]) and abs(calls[-1] ** 3 - 3.0) <= 0.02 * 3.0 / 20
+    assert abs(calls[-2] ** 3 - 3.0) > 0.02 * 3.0 / 20
+    assert result == dict(try_at(calls[-1], lambda t: t ** 3), tries=len(calls), matched=True)
+
+
+def test_match_entropy_stops_at_max_tries():
+    # bracketed by 2.5 and 3.125 after three tries, neither within 2 % of 3.0: not matched, the closest try
+    measure, calls = recorded(lambda t: 2 * t)
+    result = match_entropy(measure, 3.0, 1.0, 0.02, 3, 0.3, 2.5)
+    assert calls == [1.0, 1.25, 1.5625]
+    assert result == dict(try_at(1.5625, lambda t: 2 * t), tries=3, matched=False)
+
+
+@pytest.mark.parametrize('target, start, temperatures', [
+    (10.0, 1.0, [1.0, 1.25, 1.5625, 1.953125, 2.44140625, 2.5]), # above the entropy at max_temperature
+    (0.1, 1.0, [1.0, 0.8, 0.64, 0.512, 0.4096, 0.32768, 0.3]), # below the entropy at min_temperature
+    (10.0, 5.0, [2.5])]) # the first try is kept in the range too
+def test_match_entropy_unreachable_target(target, start, temperatures):
+    # the search stops once it is stuck at a temperature limit, before max_tries
+    measure, calls = recorded(lambda t: 2 * t)
+    result = match_entropy(measure, target, start, 0.02, 8, 0.3, 2.5)
+    assert calls == pytest.approx(temperatures)
+    assert result == dict(try_at(calls[-1], lambda t: 2 * t), tries=len(temperatures), matched=False)
+
+
+def test_ar_token_probs():
+    # under the bigram judge each token is (previous + 1) % 5 with probability P, any other one (1 - P) / 4
+    tokens = torch.tensor([[0, 1, 2, 0, 4], [3, 4, 0, 0, 1]])
+    follows = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 1]], dtype=torch.bool)
+    probs = ar_token_probs(BigramJudge(5, 4), tokens)
+    assert probs.shape == tokens.shape and (probs[:, 0] == float('inf')).all() # the first token is never flagged
+    assert probs[:, 1:] == pytest.approx(torch.where(follows, BigramJudge.P, (1 - BigramJudge.P) / 4))
+
+
+class NextTokenModel(torch.nn.Module):
+    """GPT's forward signature: after token a, (a + 1) % vocab is the most probable real token, and
+    the two special tokens past the vocab are more probable still (which a rewrite must never write).
+    Counts its calls."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.calls = vocab, 0
+
+    def forward(self, idx, targets=None):
+        self.calls += 1
+        logits = torch.nn.functional.one_hot((idx + 1) % self.vocab, self.vocab + 2).float()
+        logits[..., self.vocab:] = 2.0
+        return logits, None
+
+
+def test_ar_rewrite_left_to_right_from_the_corrected_text():
+    tokens = torch.tensor([[5, 3, 3, 3, 2, 6], [6, 0, 6, 6, 6, 6]])
+    flags = torch.tensor([[0, 1, 1, 1, 0, 0], [1, 0, 1, 0, 0, 1]], dtype=torch.bool)
+    model = NextTokenModel(7)
+    rewritten = ar_rewrite(model, tokens, flags, 7)
+    # each flagged token follows the one before it as rewritten (5 6 0 1, not 5 6 4 4 from the text as
+    # it was); the first position of a row stays although flagged, and unflagged tokens stay
+    assert rewritten.tolist() == [[5, 6, 0, 1, 2, 6], [6, 0, 1, 6, 6, 0]]
+    assert model.calls == 3 # a pass per flag of the most flagged row
+    assert torch.equal(ar_rewrite(model, tokens, torch.zeros_like(flags), 7), tokens)
 
 
 def test_detection_prf():
