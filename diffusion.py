@@ -390,11 +390,11 @@ def sample_tokens(logits, temperature, top_k, top_p, generator):
 def denoiser_logits(model, x, context=None):
     """Float logits of a diffusion model on x, with its [MASK] bias (with_mask_bias); the noise
     level of each row, for a model with time conditioning, is the fraction of its positions
-    still masked. context, from
-    generate(), is a dict: x is then one block at position context['offset'] that sees the
-    clean blocks before it through the KV cache context['cache'], which it reads without
-    extending. Finished blocks not yet in the cache (context['pending'], the tokens right
-    before x) ride along in the first pass, which stores them: no pass of their own."""
+    still masked. context, from generate(), is a dict: x is then one block at position
+    context['offset'] that sees the clean blocks before it through the KV cache
+    context['cache'], which it reads without extending. Finished blocks not yet in the cache
+    (context['pending'], the tokens right before x) ride along in the first pass, which stores
+    them: no pass of their own."""
     mask_id = model.config.mask_token_id
     noise_level = (x == mask_id).float().mean(1)
     if context is None:

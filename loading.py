@@ -199,12 +199,15 @@ LOG_NAME = 'log.jsonl'
 def log_records(out_dir):
     """Every record of out_dir/log.jsonl, oldest first ([] before the first run)."""
     path = os.path.join(out_dir, LOG_NAME)
+    if not os.path.isfile(path):
+        return []
     records = []
-    for n, line in enumerate(open(path) if os.path.isfile(path) else [], 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise UserError(f"{path} line {n} is not JSON: the log was damaged; delete it, or train again into that out_dir") from None
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path} line {n} is not JSON: the log was damaged; delete it, or train again into that out_dir") from None
     return records
 
 

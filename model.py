@@ -275,8 +275,9 @@ class GPT(nn.Module):
         """idx (B, T) token ids. Returns (logits, loss).
         gpt2: with targets, logits for every position and the next-token loss; without,
         logits of the last position only (inference), as in nanoGPT.
-        diffusion: float32 logits (B, T, V) for every position, without the [MASK] bias (applied
-        by diffusion.py, where it is sampling and training policy); loss None (diffusion.py's business). noise_level (B,) in [0,1] feeds time_conditioning.
+        diffusion: float32 logits (B, T, V) for every position, without the [MASK] bias (sampling
+        and training policy, applied by diffusion.py); loss None (diffusion.py's business).
+        noise_level (B,) in [0,1] feeds time_conditioning.
         A block diffusion model trained in one pass takes the clean text too, clean (B, T): it
         runs [idx ; clean] side by side (2T positions, both at 0..T-1, two_stream_mask) and returns
         the logits of the noisy half; a full-sequence model ignores clean. Without clean, a block

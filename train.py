@@ -490,16 +490,14 @@ while True:
         if device_type == 'cuda':
             record['peak_memory_gib'] = torch.cuda.max_memory_allocated() / 2**30
             line += f", peak memory {record['peak_memory_gib']:.2f}GiB"
-        if diffusion_mode:
-            line += ' | ' + ', '.join(f"{k} {v.item():.3f}" for k, v in stat_sums.items())
-            line += f", bias {raw_model.mask_logit_bias.item():.3f}"
+        if diffusion_mode: # one host copy of each statistic, for the line and the record
+            record.update({k: v.item() for k, v in stat_sums.items()}, bias=raw_model.mask_logit_bias.item())
+            line += ' | ' + ', '.join(f"{k} {record[k]:.3f}" for k in stat_sums) + f", bias {record['bias']:.3f}"
             if loss_type == 'seed':
                 penalty, remask_ratio = diffusion.curriculum(iter_num, penalty_mask_correct, masking_warmup_iters,
                                                              proofreading_warmup_iters, wrong_share)
                 line += f", penalty {penalty:.2f}, remask_ratio {remask_ratio:.2f}"
         print(line)
-        if diffusion_mode:
-            record.update({k: v.item() for k, v in stat_sums.items()}, bias=raw_model.mask_logit_bias.item())
         append_log(out_dir, record)
 
 if ddp:
