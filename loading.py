@@ -8,6 +8,7 @@ Every failure a user can cause is a UserError: one line that says what to do.
 import json
 import os
 import re
+import sys
 import time
 from contextlib import nullcontext
 
@@ -197,7 +198,8 @@ LOG_NAME = 'log.jsonl'
 
 
 def log_records(out_dir):
-    """Every record of out_dir/log.jsonl, oldest first ([] before the first run)."""
+    """Every record of out_dir/log.jsonl, oldest first ([] before the first run). A cut-off
+    last line, all a killed run can leave, is dropped with a warning; other damage is an error."""
     path = os.path.join(out_dir, LOG_NAME)
     if not os.path.isfile(path):
         return []
@@ -207,7 +209,10 @@ def log_records(out_dir):
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                raise UserError(f"{path} line {n} is not JSON: the log was damaged; delete it, or train again into that out_dir") from None
+                if line.endswith('\n'): # a whole line, or a cut-off one that later lines were appended to
+                    raise UserError(f"{path} line {n} is not JSON: the log was damaged; delete it, or train again into that out_dir") from None
+                # a run killed mid-write leaves its last line unfinished: every line before it is whole
+                print(f"warning: {path} ended in a cut-off line (a run stopped mid-write); dropped it", file=sys.stderr)
     return records
 
 
@@ -215,8 +220,11 @@ def start_log(out_dir, keep_until):
     """Begin out_dir/log.jsonl for a run: a fresh run (keep_until None) starts it empty; a resumed
     run keeps the records up to its checkpoint's iteration, whose later ones it is about to redo."""
     kept = [] if keep_until is None else [r for r in log_records(out_dir) if r.get('iter', 0) <= keep_until]
-    with open(os.path.join(out_dir, LOG_NAME), 'w') as f:
+    path = os.path.join(out_dir, LOG_NAME)
+    # written aside, then renamed: a run killed mid-rewrite leaves the old log, not part of it
+    with open(path + '.tmp', 'w') as f:
         f.writelines(json.dumps(r) + '\n' for r in kept)
+    os.replace(path + '.tmp', path)
 
 
 def append_log(out_dir, record):

@@ -1,14 +1,20 @@
 """train.py end to end, in subprocesses on a tiny char dataset: learning, checkpoints,
 exact resume, 2-process CPU DDP, starting diffusion from an AR checkpoint, and the
 one-line errors a user can cause."""
+import json
 import math
+import random
 import re
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from configurator import UserError
+from conftest import ROOT, _env
 from loading import load_checkpoint, model_from_checkpoint, read_log
 
 pytestmark = pytest.mark.slow
@@ -188,12 +194,72 @@ def test_the_json_log_holds_what_the_lines_print(training_runs, variant, run_ite
     assert read_log(split_dir, 'eval')[-1] == evals[-1]
 
 
-def test_a_damaged_json_log_is_one_line(tmp_path):
-    (tmp_path / 'log.jsonl').write_text('{"kind": "eval", "iter": 0}\n{"kind": "ev')
-    with pytest.raises(UserError, match=r"log.jsonl line 2 is not JSON: the log was damaged"):
-        read_log(tmp_path, 'eval')
+def whole_lines(log):
+    """The records of log.jsonl's finished lines, each of which must be JSON; a cut-off last line is left out."""
+    return [json.loads(line) for line in log.read_text().split('\n')[:-1]]
+
+
+def test_a_damaged_json_log_is_one_line_but_a_cut_off_end_is_dropped(tmp_path, capsys):
+    log = tmp_path / 'log.jsonl'
+    # the last line of a run killed mid-write: dropped, with one warning
+    log.write_text('{"kind": "eval", "iter": 0}\n{"kind": "ev')
+    assert read_log(tmp_path, 'eval') == [{'kind': 'eval', 'iter': 0}]
+    assert capsys.readouterr().err == f"warning: {log} ended in a cut-off line (a run stopped mid-write); dropped it\n"
+    # a cut-off line with more written after it, or a whole line that is not JSON: damage
+    for damaged in ('{"kind": "ev{"kind": "eval", "iter": 1}\n', 'not JSON\n{"kind": "eval", "iter": 1}\n'):
+        log.write_text('{"kind": "eval", "iter": 0}\n' + damaged)
+        with pytest.raises(UserError, match=r"log.jsonl line 2 is not JSON: the log was damaged"):
+            read_log(tmp_path, 'eval')
     with pytest.raises(UserError, match=r"no training log at .*: train.py writes it"):
         read_log(tmp_path / 'none', 'eval')
+
+
+def test_resume_drops_a_cut_off_last_log_line(run_train, tiny_args, tmp_path):
+    """The resumed run warns once, drops the unfinished record and goes on; damage in the middle
+    of the log still stops it with one line."""
+    common = [*tiny_args, '--eval_interval=2', f'--out_dir={tmp_path}']
+    assert run_train(*common, '--max_iters=4').returncode == 0
+    log = tmp_path / 'log.jsonl'
+    with open(log, 'a') as f:
+        f.write('{"kind": "iter", "iter": 5, "lo')
+    r = run_train(*common, '--init_from=resume', '--max_iters=6')
+    assert r.returncode == 0, r.stderr[-3000:]
+    warning = f"warning: {log} ended in a cut-off line (a run stopped mid-write); dropped it"
+    assert [line for line in r.stderr.splitlines() if line.startswith('warning')] == [warning]
+    assert log.read_text().endswith('\n')
+    assert [rec['iter'] for rec in whole_lines(log) if rec['kind'] == 'iter'] == list(range(1, 7))
+    lines = log.read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:20] + '\n' # a record cut short, then more appended
+    log.write_text(''.join(lines))
+    line = one_line_error(run_train(*common, '--init_from=resume', '--max_iters=8'))
+    assert 'log.jsonl line 3 is not JSON: the log was damaged' in line
+
+
+def test_resume_after_sigkill_while_logging(run_train, tiny_args, tmp_path):
+    """SIGKILL leaves a run no chance to finish a line or to save: killed three times at random
+    moments while it logs every iteration, its log's finished lines are JSON each time and
+    --init_from=resume goes on, to a log with one record per iteration."""
+    rng = random.Random(0)
+    log = tmp_path / 'log.jsonl'
+    common = [*tiny_args, '--eval_interval=5', f'--out_dir={tmp_path}'] # tiny_args log every iteration
+    resume = []
+    for _ in range(3):
+        begin = ckpt(tmp_path)['iter_num'] if resume else 0
+        until = begin + rng.randint(6, 12) # past the first checkpoint, at iteration 5
+        p = subprocess.Popen([sys.executable, 'train.py', *common, '--max_iters=100000', *resume], cwd=ROOT,
+                             env={**_env(), 'PYTHONUNBUFFERED': '1'}, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # the line is printed just before its record is written
+        assert any(line.startswith(f'iter {until}:') for line in p.stdout), p.communicate()[1][-3000:]
+        time.sleep(rng.uniform(0, 0.02)) # mid-write, mid-step or in between
+        p.kill()
+        p.communicate()
+        whole_lines(log) # every finished line is JSON
+        resume = ['--init_from=resume']
+    begin = ckpt(tmp_path)['iter_num']
+    r = run_train(*common, '--init_from=resume', f'--max_iters={begin + 2}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert log.read_text().endswith('\n')
+    assert [rec['iter'] for rec in whole_lines(log) if rec['kind'] == 'iter'] == list(range(1, begin + 3))
 
 
 # ----------------------------------------------------------------------------
