@@ -1,19 +1,34 @@
 # a character-level shakespeare diffusion model at nanoGPT's shakespeare_char GPU size
 # (6 layers, 6 heads, 384 wide, block 256): the seed recipe of [MASK] + random tokens
 # flagged as [WRONG], with the dual curriculum and the [MASK] bias controller
-exec(open('config/train_shakespeare_char.py').read())
 
 out_dir = 'out-shakespeare-diffusion'
-wandb_run_name = 'mini-diffusion'
-model_type = 'diffusion'
-pos_encoding = 'rope' # learned absolute positions leave a small diffusion model at unigram level (docs/results.md)
-always_save_checkpoint = True # the diffusion loss keeps improving long after AR starts to overfit
 # a diffusion eval runs 6 forward passes per batch (train and val loss, masked CE at 3 rates, the
 # bound); a training iteration is ~3 (forward and backward). By FLOPs, 50 batches every 500 iterations
 # cost a fifth of the training between two evals; nanoGPT's 200 every 250 would cost 1.6 times it
-eval_iters = 50
 eval_interval = 500
+eval_iters = 50
+log_interval = 10 # don't print too too often
+always_save_checkpoint = True # the diffusion loss keeps improving long after AR starts to overfit
 
+wandb_log = False # override via command line if you like
+wandb_project = 'shakespeare-char'
+wandb_run_name = 'mini-diffusion'
+
+dataset = 'shakespeare_char'
+gradient_accumulation_steps = 1 # one micro-batch of 64 rows; under torchrun the rows are shared out
+batch_size = 64
+block_size = 256 # context of 256 characters
+
+# baby GPT model :), with bidirectional attention
+model_type = 'diffusion'
+n_layer = 6
+n_head = 6
+n_embd = 384
+dropout = 0.2
+pos_encoding = 'rope' # learned absolute positions leave a small diffusion model at unigram level (docs/results.md)
+
+# the seed recipe: [MASK] to fill in and random tokens to flag as [WRONG]
 loss_type = 'seed'
 # a fifth of the original recipe's random tokens: with fewer of them the model can trust the text
 # it sees, which every un-masking depends on (bound 2.199 vs 2.276 at CPU size, docs/results.md)
@@ -22,8 +37,14 @@ wrong_share = 0.2
 # against 2.199 over the full range; the reported bound still covers every rate
 mask_rate_min = 0.3
 mask_rate_max = 0.8
-guaranteed_correct_factor = 0.0
-penalty_mask_correct = 0.5
-masking_warmup_iters = 1000
-proofreading_warmup_iters = 1000
-target_mask_prob = 0.5
+penalty_mask_correct = 0.5 # final weight of keeping a correct token: a destructive edit is the worst mistake
+masking_warmup_iters = 1000 # the curriculum: that penalty ramps in over a fifth of the run
+proofreading_warmup_iters = 1000 # and so does the share of random tokens
+target_mask_prob = 0.5 # the controller steers the mean p([MASK]) at masked positions to this
+
+learning_rate = 1e-3 # with baby networks can afford to go a bit higher
+max_iters = 5000
+lr_decay_iters = 5000 # make equal to max_iters usually
+min_lr = 1e-4 # learning_rate / 10 usually
+beta2 = 0.99 # make a bit bigger because number of tokens per iter is small
+warmup_iters = 100 # not super necessary potentially
