@@ -26,7 +26,7 @@ import torch
 
 import configurator
 from configurator import UserError, configure, require_choice, require_range
-import diffusion
+import sampling
 from loading import MASK_GLYPH, WRONG_GLYPH, get_batch, load_model, load_split, load_tokenizer, read_text, setup_device, timed
 from metrics import tuned_wrong_threshold
 from progress import progress
@@ -43,16 +43,12 @@ proofread_rate = 0.05 # wrong_threshold=None: the share of substituted tokens th
 num_samples = 4 # samples drawn in parallel, as one batch
 length = None # tokens per sample, prompt included; None = the model's block_size; longer text slides the context
 sampler = 'confidence' # 'confidence' (commit proposals in the order and number below), 'refine' (the seed's loop: sample every position, rewrite what is flagged [WRONG]) or 'speculative' (draft by diffusion, verify as AR in the same pass: the AR mode's text, several tokens per pass; needs a model trained with --ar_loss_weight>0)
-steps = 64 # confidence (and proofread): forward passes to write all masked tokens (per block for a block model; a cap for adaptive commits)
+steps = 64 # confidence (and proofread): forward passes to write all masked tokens (per block for a block model; a cap for commit='threshold')
 max_steps = 128 # refine: steps before one last pass fills whatever is still masked (per block for a block model)
 schedule = 'cosine' # confidence: share of tokens still masked after each step, 'cosine' or 'linear'
 order = 'auto' # confidence: which proposals a scheduled pass commits: 'auto' (the best at matched diversity in bench.py: 'left_to_right' for a block model, 'random' for a full-sequence one), 'left_to_right' (next-token order inside each block), 'confidence' (surest first) or 'random' (MDLM's ancestral order)
-remask = 'none' # confidence: 'none', 'wrong' (rewrite tokens flagged [WRONG]) or 'low_confidence' (ReMDM-like)
-commit = 'schedule' # confidence sampler: how many proposals each pass commits: 'schedule' (steps passes), 'threshold' (every proposal surer than threshold, at least one) or 'entropy' (lowest-entropy proposals while their summed entropy <= entropy_budget)
+commit = 'schedule' # confidence sampler: how many proposals each pass commits: 'schedule' (steps passes) or 'threshold' (Fast-dLLM: every proposal surer than threshold, at least one)
 threshold = 0.9 # commit='threshold': confidence above which a proposal is committed
-draft = 'simple' # speculative: 'simple' (one noisy copy drafts, as if every draft were kept) or 'ahead' (a copy per number of drafts kept,
-                 # TiDAR: more tokens per pass, more positions per pass; slower on a CPU, docs/results.md)
-entropy_budget = 1.0 # commit='entropy': nats of summed proposal entropy committed per pass
 temperature = 0.8 # 1.0 = the model's distribution, < 1.0 more conservative, 0 = greedy
 top_k = None # sample only among the top_k most likely tokens (None = all)
 top_p = None # sample only among the most likely tokens of total probability top_p (None = all)
@@ -89,26 +85,17 @@ if sum(bool(v) for v in (start, template, proofread)) > 1:
     raise UserError("set only one of --start (a prefix), --template (placeholders anywhere) and --proofread")
 if (template or proofread) and length is not None:
     raise UserError(f"--length does not go with --{'template' if template else 'proofread'}: the text sets the length")
-require_choice('sampler', sampler, tuple(diffusion.SAMPLE_FUNCTIONS))
-require_choice('draft', draft, ('ahead', 'simple'))
-require_choice('schedule', schedule, ('cosine', 'linear'))
-require_choice('remask', remask, ('none', 'wrong', 'low_confidence'))
-require_choice('order', order, ('auto', 'confidence', 'random', 'left_to_right'))
-require_choice('commit', commit, ('schedule', 'threshold', 'entropy'))
-confidence_only = [key for key in ('remask', 'order', 'commit') if key in configurator.GIVEN]
-if sampler != 'confidence' and confidence_only and not proofread:
-    raise UserError(f"--{confidence_only[0]} works with the confidence sampler: add --sampler=confidence "
-                    f"({sampler} writes every position {'left to right' if sampler == 'speculative' else 'and rewrites the tokens it flags as [WRONG]'})")
-if 'draft' in configurator.GIVEN and sampler != 'speculative':
-    raise UserError("--draft works with the speculative sampler: add --sampler=speculative, or leave --draft out")
-if commit != 'schedule' and ('order' in configurator.GIVEN or remask == 'low_confidence'):
-    raise UserError(f"--commit={commit} picks the surest proposals itself: it does not go with "
-                    f"{'--order' if 'order' in configurator.GIVEN else '--remask=low_confidence'}; drop one of the two")
-require_range('threshold', threshold, low=0, high=1, low_open=True)
-require_range('entropy_budget', entropy_budget, low=0, low_open=True)
+require_choice('sampler', sampler, tuple(sampling.SAMPLERS))
+writer = 'confidence' if proofread else sampler # proofreading rewrites the flagged tokens by confidence
+options = {key: globals()[key] for key in sampling.OPTIONS[writer]} # the writer's options, with their defaults
+given = {key for keys in sampling.OPTIONS.values() for key in keys if key in configurator.GIVEN}
+try: # options the writer does not take, unknown choices, values out of range
+    sampling.check_options(writer, {key: globals()[key] for key in given | set(options) if globals()[key] != 'auto'})
+except ValueError as e:
+    raise UserError(str(e)) from None
 require_range('seed', seed, low=0, high=2**63, high_open=True, integer=True)
-if steps < 1 or max_steps < 0 or num_samples < 1:
-    raise UserError("steps and num_samples must be at least 1 and max_steps at least 0")
+if num_samples < 1:
+    raise UserError(f"num_samples must be at least 1, not {num_samples}")
 if temperature < 0:
     raise UserError(f"temperature must be >= 0 (0 = greedy), not {temperature}")
 if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
@@ -145,6 +132,7 @@ if sampler == 'speculative' and not proofread and not model.config.causal_clean:
                     f"has none: train one with --ar_loss_weight>0 (e.g. python train.py config/quickstart_block_cpu.py --ar_loss_weight=1.0)")
 if order == 'auto': # inside a small block, next-token order; over a whole sequence, a random order (docs/results.md)
     order = 'left_to_right' if model.denoising_block else 'random'
+    options.update({'order': order} if 'order' in options else {})
 encode, decode = load_tokenizer(checkpoint['config']['dataset'])
 block_size, mask_id, wrong_id = model.config.block_size, model.config.mask_token_id, model.config.wrong_token_id
 
@@ -207,7 +195,7 @@ def on_step(step, tokens, span, cached):
 generator = torch.Generator(device=device).manual_seed(seed)
 # --show_steps prints every pass itself, and proofreading is one short pass over one window
 bar = None if show_steps or proofread else progress(int((x == mask_id).sum()), 'writing', 'token')
-sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+sampler_kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                 on_step=on_step if bar is not None or show_steps or trajectory else None)
 
 
@@ -215,16 +203,13 @@ def run():
     """(tokens, forward passes, positions the sampler wrote) of the chosen mode."""
     with ctx:
         if proofread:
-            if sampling['on_step'] is not None: # proofread() has no blocks or cache to show
-                sampling['on_step'] = lambda step, tokens: on_step(step, tokens, (0, len(ids)), 0)
-            flags, y, passes = diffusion.proofread(model, x, steps, schedule=schedule, remask=remask,
-                                                   threshold=None if wrong_threshold == 'argmax' else wrong_threshold,
-                                                   **sampling)
+            if sampler_kwargs['on_step'] is not None: # proofread() has no blocks or cache to show
+                sampler_kwargs['on_step'] = lambda step, tokens: on_step(step, tokens, (0, len(ids)), 0)
+            flags, y, passes = sampling.proofread(model, x, steps, schedule=schedule,
+                                                  threshold=None if wrong_threshold == 'argmax' else wrong_threshold,
+                                                  **sampler_kwargs)
             return y, passes, flags
-        options = {'confidence': dict(steps=steps, schedule=schedule, remask=remask, order=order, commit=commit,
-                                      threshold=threshold, entropy_budget=entropy_budget),
-                   'speculative': dict(draft=draft), 'refine': dict(max_steps=max_steps)}[sampler]
-        y, passes = diffusion.generate(model, x, diffusion.SAMPLE_FUNCTIONS[sampler], **options, **sampling)
+        y, passes = sampling.generate(model, x, sampling.SAMPLERS[sampler], **options, **sampler_kwargs)
         return y, passes, x == mask_id
 
 
@@ -244,7 +229,7 @@ if output:
         f.write(''.join(f"{sample}\n{SEPARATOR}\n" for sample in samples))
 if trajectory:
     replay['fixed'] = (~written[0]).tolist() # proofreading: every token but the flagged ones
-    how = f", order {order}, remask {remask}" if sampler == 'confidence' else ''
+    how = f", order {order}" if sampler == 'confidence' else ''
     title = f"{os.path.basename(os.path.normpath(out_dir))}: {sampler} sampler{how}"
     if trajectory.endswith('.gif'):
         write_gif(trajectory, title, replay, decode, mask_id)
@@ -255,7 +240,7 @@ if trajectory:
 # speed: the text the model wrote, not the prompt it was given
 n_tokens = int(written.sum())
 n_chars = sum(len(decode(part.tolist())) for part in y[written].split(written.sum(1).tolist()))
-how = f"{sampler}" + (f", order {order}, commit {commit}" if sampler == 'confidence' else f", draft {draft}" if sampler == 'speculative' else '')
+how = f"{sampler}" + (f", order {order}, commit {commit}" if sampler == 'confidence' else '')
 print(f"{num_samples} samples of {len(ids)} tokens ({how}): {passes} forward passes in {elapsed:.2f}s, "
       f"wrote {n_chars / elapsed:,.0f} chars/s ({n_tokens / elapsed:,.0f} tokens/s), "
       f"{n_tokens / num_samples / max(passes, 1):.2f} tokens per pass per sample")

@@ -18,7 +18,7 @@ import sys
 import torch
 
 from configurator import UserError, configure, parse_list, require
-import diffusion
+import sampling
 from loading import read_log
 
 iters = 300 # training iterations per model kind (the first ~10 include compilation and are not timed)
@@ -34,9 +34,9 @@ configure(globals())
 # kind -> its GPU config (nanoGPT's shakespeare_char size: 6 layers, 384 wide, context 256, batch 64)
 KINDS = {'ar': 'config/train_shakespeare_char.py', 'seed': 'config/train_shakespeare_diffusion.py',
          'elbo': 'config/train_shakespeare_diffusion_elbo.py', 'block': 'config/train_shakespeare_block_diffusion.py'}
-# the command-line options of generate_diffusion.py for each of diffusion.py's presets
+# the command-line options of generate_diffusion.py for each of sampling.py's presets
 SAMPLERS = {name: [f'--sampler={kind}', *(f'--{key}={value}' for key, value in options.items())]
-            for name, (kind, options) in diffusion.PRESETS.items()}
+            for name, (kind, options) in sampling.PRESETS.items()}
 kind_list, sampler_list = parse_list(kinds, str.strip, 'kinds'), parse_list(samplers, str.strip, 'samplers')
 require(all(k in KINDS for k in kind_list), f"kinds must come from {', '.join(KINDS)}, not {kinds!r}")
 require(all(s in SAMPLERS for s in sampler_list), f"samplers must come from {', '.join(SAMPLERS)}, not {samplers!r}")

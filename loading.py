@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from configurator import UserError
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, special_token_ids
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 CHECKPOINT_NAME = 'ckpt.pt'
@@ -258,9 +258,17 @@ def load_checkpoint(out_dir, device='cpu', key='out_dir'):
 
 
 def model_from_checkpoint(checkpoint, device='cpu'):
-    """Rebuild the GPT of a checkpoint (loaded by load_checkpoint)."""
-    # older checkpoints also hold the [MASK] bias in model_args: the state dict's copy is the one used
-    model = GPT(GPTConfig(**{k: v for k, v in checkpoint['model_args'].items() if k != 'mask_logit_bias'}))
+    """Rebuild the GPT of a checkpoint (loaded by load_checkpoint). Checkpoints written before
+    time_conditioning, tie_embeddings and embedding_init_std were retired load when they used
+    the settings that stayed (docs/design.md); the others cannot be rebuilt."""
+    args = dict(checkpoint['model_args'])
+    retired = {'time_conditioning': False, 'tie_embeddings': True, 'embedding_init_std': 0.02}
+    for key, kept in retired.items():
+        if args.pop(key, kept) != kept:
+            raise UserError(f"this checkpoint was trained with {key}={not kept if isinstance(kept, bool) else 'another value'}, which "
+                            f"this version no longer has: retrain it with python train.py, or sample it with an older version")
+    args.pop('mask_logit_bias', None) # older checkpoints also hold it here: the state dict's copy is the one used
+    model = GPT(GPTConfig(**args))
     # torch.compile prefixes parameter names with _orig_mod.
     state_dict = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
     model.load_state_dict(state_dict)
@@ -272,9 +280,8 @@ def require_vocab(model, dataset, source, fix):
     would be a different token; fix says what to do. A dataset without a meta.json (GPT-2
     BPE) is taken as it is."""
     meta = read_meta(dataset)
-    words = model.config.vocab_size - (2 if model.config.model_type == 'diffusion' else 0) # less [MASK] and [WRONG]
-    if meta is not None and meta['vocab_size'] != words:
-        raise UserError(f"{source} has a vocabulary of {words} tokens but data/{dataset}/meta.json has {meta['vocab_size']}: {fix}")
+    if meta is not None and meta['vocab_size'] != model.config.words:
+        raise UserError(f"{source} has a vocabulary of {model.config.words} tokens but data/{dataset}/meta.json has {meta['vocab_size']}: {fix}")
 
 
 def load_model(out_dir, device, model_type, script):
@@ -372,10 +379,10 @@ def read_meta(dataset):
 
 
 def with_glyphs(decode, vocab_size):
-    """decode (ids -> text) extended to a diffusion model's ids: [MASK] and [WRONG]
-    (vocab_size and vocab_size + 1) shown as MASK_GLYPH and WRONG_GLYPH. The ordinary ids
-    between them are decoded as whole runs: in a BPE, one character can span tokens."""
-    glyphs = {vocab_size: MASK_GLYPH, vocab_size + 1: WRONG_GLYPH}
+    """decode (ids -> text) extended to a diffusion model's ids: [MASK] and [WRONG] (after the
+    vocab_size words) shown as MASK_GLYPH and WRONG_GLYPH. The ordinary ids between them are
+    decoded as whole runs: in a BPE, one character can span tokens."""
+    glyphs = dict(zip(special_token_ids(vocab_size), (MASK_GLYPH, WRONG_GLYPH)))
 
     def decode_with_glyphs(ids):
         out, run = [], []

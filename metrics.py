@@ -14,7 +14,8 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-from diffusion import exact_fraction_positions, random_other_tokens, wrong_probs
+from diffusion import exact_fraction_positions, random_other_tokens
+from sampling import wrong_probs
 
 # ----------------------------------------------------------------------------
 # sample quality
@@ -185,7 +186,7 @@ def tuned_wrong_threshold(model, batches, rate, generator):
     """The p([WRONG]) above which a diffusion model's flags have the best F1 (best_threshold) on
     clean batches (B, T) with a share rate of their tokens substituted (substitute_tokens): the
     detector of a model trained with few random tokens, whose [WRONG] argmax rarely wins."""
-    corrupted = [substitute_tokens(x, rate, model.config.mask_token_id, generator) for x in batches]
+    corrupted = [substitute_tokens(x, rate, model.config.words, generator) for x in batches]
     not_wrong = torch.cat([1 - wrong_probs(model, tokens) for tokens, _ in corrupted])
     threshold, _ = best_threshold(not_wrong, torch.cat([truth for _, truth in corrupted]))
     return 1 - threshold

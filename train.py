@@ -57,25 +57,18 @@ n_embd = 768
 dropout = 0.0 # for pretraining 0 is good, for finetuning try 0.1+
 bias = False # do we use bias inside LayerNorm and Linear layers?
 pos_encoding = 'learned' # 'learned' (nanoGPT/GPT-2) or 'rope'; diffusion wants 'rope' (docs/design.md)
-time_conditioning = False # diffusion: feed the noise level of each row to the model
-tie_embeddings = True # one matrix for the token embedding and the output head, as in GPT-2 (the architecture
-                      # settings only shape a model made from scratch: init_from brings its own)
-embedding_init_std = 0.02 # std of the token embedding's init; another value needs tie_embeddings=False (1.0 = PyTorch's default)
 diffusion_block = 0 # diffusion: tokens denoised together (block diffusion); attention is bidirectional inside a block and causal across blocks; 0 = block_size (full-sequence diffusion), 1 = next-token
 # diffusion objective
 loss_type = 'seed' # 'seed': [MASK] + random tokens -> [WRONG], task-weighted; 'elbo': mask-only, ELBO-weighted
-noise_schedule = 'linear' # elbo: fraction masked at time t, 'linear' (t) or 'cosine' (1 - cos(pi t / 2))
-loss_weighting = 'elbo' # elbo objective: 'elbo' (each masked CE weighted m'(t)/m(t), the bound itself) or 'token_mean' (mean CE over a row's masked positions: lower variance)
+loss_weighting = 'token_mean' # elbo objective: 'token_mean' (mean CE over a row's masked positions: lower variance) or 'elbo' (each masked CE weighted 1/t, the bound itself)
 mask_rate_min = 0.0 # training draws mask rates (elbo) or corruption rates (seed) only in [mask_rate_min, mask_rate_max] (BD3-LM's clipping); the reported bound always uses the full range
 mask_rate_max = 1.0
-guaranteed_correct_factor = 0.0 # seed: at most 1 - this fraction of a row is corrupted
 penalty_mask_correct = 0.5 # seed: final weight of keeping a correct token right (destructive-edit penalty)
 masking_warmup_iters = 1000 # seed: iterations over which that penalty ramps from 0
 proofreading_warmup_iters = 1000 # seed: iterations over which the random-token ([WRONG]) share ramps from 0 to 1
 weight_unmask_task = 1.0 # seed: weight of filling in a [MASK]
 weight_remask_task = 1.0 # seed: weight of flagging a random token as [WRONG]
 wrong_share = 1.0 # seed: final remask_ratio; on average wrong_share/2 of the corruption is random tokens to flag as [WRONG]
-seed_normalise = 'positions' # seed: 'positions' (one mean over every position) or 'tasks' (per row, each task's mean over its own positions)
 reward_correct_unmask = 0.1 # seed: smallest weight of an un-masking position the model already gets right
 ar_loss_weight = 0.0 # block diffusion: weight of a next-token loss on the clean stream, made token-causal (causal_clean):
                      # > 0 trains one network that drafts by diffusion and verifies as an AR model (speculative
@@ -115,7 +108,7 @@ for key in ('learning_rate', 'min_lr', 'weight_decay', 'grad_clip', 'penalty_mas
             'weight_remask_task', 'mask_bias_gain', 'ar_loss_weight'): # learning_rate=0 keeps the weights: the tests use it
     require_range(key, globals()[key], low=0)
 require_range('mask_bias_limit', mask_bias_limit, low=0, low_open=True)
-for key in ('beta1', 'beta2', 'guaranteed_correct_factor'):
+for key in ('beta1', 'beta2'):
     require_range(key, globals()[key], low=0, high=1, high_open=True)
 require_range('reward_correct_unmask', reward_correct_unmask, low=0, high=1)
 require_range('wrong_share', wrong_share, low=0, high=1)
@@ -130,20 +123,15 @@ require(ar_loss_weight == 0 or (model_type == 'diffusion' and 0 < diffusion_bloc
         f"--diffusion_block=4 (any divisor of block_size below it), or set --ar_loss_weight=0")
 require_choice('model_type', model_type, ('gpt2', 'diffusion'))
 require_choice('loss_type', loss_type, ('seed', 'elbo'))
-require_choice('noise_schedule', noise_schedule, ('linear', 'cosine'))
 require_choice('loss_weighting', loss_weighting, ('elbo', 'token_mean'))
-require_choice('seed_normalise', seed_normalise, ('positions', 'tasks'))
 require_choice('backend', backend, ('auto', 'nccl', 'gloo'))
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, dropout=dropout,
-                  pos_encoding=pos_encoding, time_conditioning=time_conditioning, tie_embeddings=tie_embeddings,
-                  embedding_init_std=embedding_init_std, diffusion_block=diffusion_block if model_type == 'diffusion' else 0,
-                  causal_clean=ar_loss_weight > 0)
+                  pos_encoding=pos_encoding, diffusion_block=diffusion_block if model_type == 'diffusion' else 0,
+                  causal_clean=ar_loss_weight > 0, model_type=model_type)
 try: # model.py's own checks of the shape asked for (the vocabulary comes from the data, later)
-    GPTConfig(**model_args, model_type=model_type, **(dict(vocab_size=2, mask_token_id=0, wrong_token_id=1) if model_type == 'diffusion' else {}))
+    GPTConfig(**model_args, vocab_size=3)
 except ValueError as e:
     raise UserError(str(e)) from None
-require(not (model_type == 'diffusion' and time_conditioning and init_from not in ('scratch', 'resume')),
-        "time_conditioning is not available when starting from an autoregressive model: set --time_conditioning=False")
 require(not decay_lr or lr_decay_iters > warmup_iters,
         f"lr_decay_iters={lr_decay_iters} must be greater than warmup_iters={warmup_iters} when decay_lr=True: "
         f"e.g. --lr_decay_iters={max(max_iters, warmup_iters + 1)} (about max_iters), or --decay_lr=False")
@@ -218,12 +206,7 @@ if init_from == 'scratch':
     base_vocab = meta_vocab_size if meta_vocab_size is not None else 50304
     if meta_vocab_size is None:
         print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
-    model_args['model_type'] = model_type
-    if model_type == 'diffusion':
-        model_args.update(vocab_size=base_vocab + 2, mask_token_id=base_vocab, wrong_token_id=base_vocab + 1)
-    else:
-        model_args['vocab_size'] = base_vocab
-    model = GPT(GPTConfig(**model_args))
+    model = GPT(GPTConfig(**model_args, vocab_size=base_vocab + (2 if model_type == 'diffusion' else 0))) # [MASK], [WRONG]
 elif init_from == 'resume':
     print(f"Resuming training from {out_dir}")
     checkpoint = load_checkpoint(out_dir, device)
@@ -259,8 +242,6 @@ elif block_size > model.config.block_size:
     raise UserError(f"the model from init_from='{init_from}' has block_size {model.config.block_size}: set --block_size={model.config.block_size} or less")
 model.to(device)
 diffusion_mode = model.config.model_type == 'diffusion'
-mask_id = model.config.mask_token_id
-noise_span = model.denoising_block or block_size # tokens that share one noise level: a block, or a whole row
 
 # initialize a GradScaler. If enabled=False scaler is a no-op
 scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))
@@ -287,16 +268,6 @@ if ddp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
 
-def model_loss(x, y, generator, it):
-    """Loss of one micro-batch and detached statistics: nanoGPT's next-token loss, or the
-    diffusion objective at curriculum step it (diffusion.training_loss, x corrupted there)."""
-    if diffusion_mode:
-        return diffusion.training_loss(model, x, y, generator, it, config, ctx)
-    with ctx:
-        _, loss = model(x, y)
-    return loss, {}
-
-
 @torch.no_grad()
 def estimate_loss():
     """Mean loss on fixed batches of each split (same seeds at every eval, so evals are
@@ -311,16 +282,16 @@ def estimate_loss():
         losses = torch.zeros(eval_iters, device=device) # filled on the device: no sync per batch
         for k in range(eval_iters):
             x, y = get_batch(data, batch_size, block_size, batch_generator, device)
-            losses[k] = model_loss(x, y, eval_noise, max(max_iters, masking_warmup_iters, proofreading_warmup_iters))[0].detach()
+            losses[k] = diffusion.model_loss(model, x, y, eval_noise, max(max_iters, masking_warmup_iters, proofreading_warmup_iters), config, ctx)[0].detach()
         out[split] = losses.mean().item()
     if diffusion_mode:
         batch_generator = torch.Generator().manual_seed(seed + seed_offset)
         batches = [get_batch(val_data, batch_size, block_size, batch_generator, device)[0] for _ in range(eval_iters)]
-        out.update(diffusion.val_metrics(model, batches, mask_id, noise_span, noise_schedule, seed + seed_offset, ctx))
+        out.update(diffusion.val_metrics(model, batches, seed + seed_offset, ctx))
     if raw_model.config.causal_clean: # the clean stream as an AR model, to compare with an AR model's val loss
         batch_generator = torch.Generator().manual_seed(seed + seed_offset)
         out['ar'] = diffusion.ar_val_loss(model, [get_batch(val_data, batch_size, block_size, batch_generator, device)
-                                                  for _ in range(eval_iters)], mask_id, ctx)
+                                                  for _ in range(eval_iters)], ctx)
     model.train()
     return out
 
@@ -397,6 +368,7 @@ iter_start = iter_num
 local_iter_num = 0 # number of iterations in the lifetime of this process
 running_mfu = -1.0
 nonfinite = torch.zeros((), dtype=torch.bool, device=device) # checked without a sync at every step
+step_settings = dict(config, gradient_accumulation_steps=gradient_accumulation_steps) # this process's share
 while True:
     # determine and set the learning rate for this iteration
     lr = get_lr(iter_num) if decay_lr else learning_rate
@@ -435,36 +407,11 @@ while True:
     if iter_num >= max_iters or eval_only:
         break
 
-    # forward backward update, with optional gradient accumulation to simulate larger batch size
-    # and using the GradScaler if data type is float16
-    stat_sums = {}
-    for micro_step in range(gradient_accumulation_steps):
-        if ddp:
-            # only sync gradients at the last micro step (DDP's no_sync, the nanoGPT way)
-            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
-        X, Y = get_batch(train_data, batch_size, block_size, data_generator, device)
-        loss, stats = model_loss(X, Y, noise_generator, iter_num)
-        nonfinite |= ~torch.isfinite(loss.detach())
-        for k, v in stats.items():
-            stat_sums[k] = stat_sums.get(k, 0) + v / gradient_accumulation_steps
-        loss = loss / gradient_accumulation_steps # scale the loss to account for gradient accumulation
-        scaler.scale(loss).backward()
-    # clip the gradient
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    # step the optimizer and scaler if training in fp16
-    scaler.step(optimizer)
-    scaler.update()
-    # flush the gradients as soon as we can, no need for this memory anymore
-    optimizer.zero_grad(set_to_none=True)
-    if diffusion_mode and mask_bias_gain > 0:
-        # the controller: every rank sees the mean over all ranks, so all apply the same bias
-        p_mask = stat_sums['p_mask'].detach().clone()
-        if ddp:
-            dist.all_reduce(p_mask)
-            p_mask /= ddp_world_size
-        raw_model.mask_logit_bias.copy_(diffusion.update_mask_bias(raw_model.mask_logit_bias, p_mask, target_mask_prob, mask_bias_gain, mask_bias_limit))
+    # forward backward update, with gradient accumulation and the GradScaler (float16), then the controller
+    loss, stat_sums, step_nonfinite = diffusion.train_step(
+        model, optimizer, scaler, lambda: get_batch(train_data, batch_size, block_size, data_generator, device),
+        noise_generator, iter_num, step_settings, ctx, ddp_world_size)
+    nonfinite |= step_nonfinite
 
     # timing and logging
     t1 = time.time()
@@ -478,7 +425,7 @@ while True:
         check_stop(nonfinite)
     if iter_num % log_interval == 0 and master_process:
         # get loss as float. note: this is a CPU-GPU sync point
-        lossf = loss.item() * gradient_accumulation_steps
+        lossf = loss.item()
         if local_iter_num >= 5: # let the training loop settle a bit
             mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt)
             running_mfu = mfu if running_mfu == -1.0 else 0.9*running_mfu + 0.1*mfu
