@@ -354,12 +354,22 @@ def training_loss(model, x, y, generator, it, settings, ctx=nullcontext()):
 
 def model_loss(model, x, y, generator, it, settings, ctx=nullcontext()):
     """Loss of one micro-batch and detached statistics: nanoGPT's next-token loss for an AR
-    model, else training_loss."""
-    if getattr(model, 'module', model).config.model_type == 'diffusion':
+    model, else training_loss. In training, an AR model with settings['input_mask_weight'] > 0
+    adds that weight times the next-token loss of the same text with its input tokens replaced
+    by [MASK] at a rate drawn per row from U(0, settings['input_mask_rate']) (input masking, a
+    regulariser for many epochs over scarce data); its val loss stays the plain one."""
+    gpt = getattr(model, 'module', model)
+    if gpt.config.model_type == 'diffusion':
         return training_loss(model, x, y, generator, it, settings, ctx)
     with ctx:
         _, loss = model(x, y)
-    return loss, {}
+    if not (model.training and settings.get('input_mask_weight', 0) > 0):
+        return loss, {}
+    rate = torch.rand(x.size(0), 1, generator=generator, device=x.device) * settings['input_mask_rate']
+    masked = torch.rand(x.shape, generator=generator, device=x.device) < rate
+    with ctx:
+        _, loss_masked = model(torch.where(masked, gpt.config.mask_token_id, x), y)
+    return loss + settings['input_mask_weight'] * loss_masked, {'loss_masked_inputs': loss_masked.detach()}
 
 
 def train_step(model, optimizer, scaler, next_batch, generator, it, settings, ctx=nullcontext(), world_size=1):

@@ -28,7 +28,7 @@ import configurator
 from configurator import UserError, configure, require_choice, require_range
 import sampling
 from loading import MASK_GLYPH, WRONG_GLYPH, get_batch, load_model, load_split, load_tokenizer, read_text, setup_device, timed
-from metrics import tuned_wrong_threshold
+from metrics import tuned_threshold
 from progress import progress
 from trajectory import render_terminal, token_states, write_gif, write_html
 
@@ -163,8 +163,11 @@ if proofread and wrong_threshold is None:
                         "otherwise tuned on that text") from None
     batch_generator, noise = torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed)
     with ctx:
-        wrong_threshold = tuned_wrong_threshold(
-            model, [get_batch(val, 16, block_size, batch_generator, device)[0] for _ in range(8)], proofread_rate, noise)
+        # tuned_threshold flags where 1 - p([WRONG]) is below the cutoff: p([WRONG]) above 1 - cutoff
+        wrong_threshold = 1 - tuned_threshold(
+            lambda tokens: 1 - sampling.wrong_probs(model, tokens),
+            [get_batch(val, 16, block_size, batch_generator, device)[0] for _ in range(8)], proofread_rate,
+            model.config.words, noise)
     print(f"flagging tokens with p([WRONG]) > {wrong_threshold:.3f}: the F1-best threshold on {dataset}'s val text "
           f"with {proofread_rate:.0%} of its tokens substituted (--wrong_threshold sets it)")
 

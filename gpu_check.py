@@ -24,7 +24,7 @@ from loading import read_log
 iters = 300 # training iterations per model kind (the first ~10 include compilation and are not timed)
 kinds = 'ar,seed,elbo,block' # model kinds to train, from KINDS below
 ddp_kind = 'block' # the kind trained again with torchrun on 2 GPUs, when there are 2
-samplers = 'refine,confidence,ancestral,left_to_right,threshold,entropy,confidence+wrong' # generation checks, from SAMPLERS
+samplers = 'refine,confidence,ancestral,left_to_right,threshold' # generation checks, from SAMPLERS
 train_args = '' # extra train.py arguments for every run, e.g. '--dtype=float16'
 device = 'cuda' # 'cuda' (the point of the check); 'cpu' runs the same steps as a smoke test
 out_root = 'out-gpu-check'

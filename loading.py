@@ -264,9 +264,10 @@ def model_from_checkpoint(checkpoint, device='cpu'):
     args = dict(checkpoint['model_args'])
     retired = {'time_conditioning': False, 'tie_embeddings': True, 'embedding_init_std': 0.02}
     for key, kept in retired.items():
-        if args.pop(key, kept) != kept:
-            raise UserError(f"this checkpoint was trained with {key}={not kept if isinstance(kept, bool) else 'another value'}, which "
-                            f"this version no longer has: retrain it with python train.py, or sample it with an older version")
+        value = args.pop(key, kept)
+        if value != kept:
+            raise UserError(f"this checkpoint was trained with {key}={value!r}, which this version no longer has: "
+                            f"retrain it with python train.py, or sample it with an older version")
     args.pop('mask_logit_bias', None) # older checkpoints also hold it here: the state dict's copy is the one used
     model = GPT(GPTConfig(**args))
     # torch.compile prefixes parameter names with _orig_mod.

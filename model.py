@@ -142,8 +142,8 @@ class GPTConfig:
     bias: bool = True # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
     model_type: str = 'gpt2' # 'gpt2' (causal, next token) or 'diffusion' (bidirectional, every position)
     pos_encoding: str = 'learned' # 'learned' absolute positions (nanoGPT/GPT-2) or 'rope' (rotary on q/k)
-    mask_token_id: int = -1 # diffusion only: [MASK] and [WRONG] are the last two ids, after the words
-    wrong_token_id: int = -1 # (-1: set from vocab_size)
+    mask_token_id: int = -1 # diffusion, or AR trained on masked inputs: [MASK] and [WRONG] are the last two ids,
+    wrong_token_id: int = -1 # after the words (-1: none for AR, set from vocab_size for diffusion)
     diffusion_block: int = 0 # diffusion only: tokens denoised together (block diffusion, BD3-LM), attending
                              # bidirectionally inside a block and causally across blocks; 0 (or >= block_size) = whole sequence
     causal_clean: bool = False # block diffusion only: the clean text attends token by token (causally), so that its
@@ -157,7 +157,7 @@ class GPTConfig:
     @property
     def words(self):
         """Number of ordinary tokens: the ids below [MASK] and [WRONG] (every id of an AR model)."""
-        return self.vocab_size - 2 if self.model_type == 'diffusion' else self.vocab_size
+        return self.vocab_size - 2 if self.model_type == 'diffusion' or self.mask_token_id >= 0 else self.vocab_size
 
     def check(self):
         """Raise ValueError, saying what to change, for a configuration no GPT can be built from."""
@@ -181,8 +181,8 @@ class GPTConfig:
                              f"= {head_size}: use n_embd={sizes}, or pos_encoding='learned'")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout!r}")
-        if self.model_type == 'diffusion' and (self.mask_token_id, self.wrong_token_id) != special_token_ids(self.words):
-            raise ValueError(f"a diffusion model's [MASK] and [WRONG] are its last two ids, {special_token_ids(self.words)} "
+        if (self.model_type == 'diffusion' or self.mask_token_id >= 0) and (self.mask_token_id, self.wrong_token_id) != special_token_ids(self.words):
+            raise ValueError(f"a model's [MASK] and [WRONG] are its last two ids, {special_token_ids(self.words)} "
                              f"of vocab_size={self.vocab_size}, not {self.mask_token_id} and {self.wrong_token_id}")
         if not isinstance(self.diffusion_block, int) or isinstance(self.diffusion_block, bool) or self.diffusion_block < 0:
             raise ValueError(f"diffusion_block must be an integer >= 0 (0 = the whole sequence), not {self.diffusion_block!r}")
@@ -302,7 +302,7 @@ class GPT(nn.Module):
         grows by two rows, [MASK] and [WRONG], after the vocabulary. They start at the mean of
         the old rows plus a little noise: typical tokens, not random directions."""
         assert self.config.model_type == 'gpt2', "already a diffusion model"
-        old = self.lm_head.weight.data
+        old = self.lm_head.weight.data[:self.config.words] # an AR model trained on masked inputs has the rows already
         new_rows = old.mean(0, keepdim=True) + 0.02 * torch.randn(2, old.size(1), device=old.device, dtype=old.dtype)
         self.lm_head.weight = self.transformer.wte.weight = nn.Parameter(torch.cat([old, new_rows]))
         self.transformer.wte.num_embeddings = self.lm_head.out_features = self.config.vocab_size = old.size(0) + 2

@@ -391,8 +391,9 @@ def check_options(sampler, options):
             raise ValueError(f"--{key} works with {' or '.join(f'--sampler={s}' for s in takes) or 'no sampler'}, not --sampler={sampler}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ValueError(f"unknown {key} {value!r} (use {', '.join(map(repr, CHOICES[key]))})")
-    if options.get('steps', 1) < 1 or options.get('max_steps', 0) < 0:
-        raise ValueError(f"steps must be at least 1 and max_steps at least 0, not {options.get('steps')} and {options.get('max_steps')}")
+    for key, low in (('steps', 1), ('max_steps', 0)):
+        if options.get(key, low) < low:
+            raise ValueError(f"{key} must be at least {low}, not {options[key]}")
     if not 0 < options.get('threshold', 0.5) <= 1:
         raise ValueError(f"threshold must be in (0, 1], not {options['threshold']}")
     if options.get('commit', 'schedule') != 'schedule' and options.get('order', 'confidence') != 'confidence':

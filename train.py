@@ -28,7 +28,7 @@ import diffusion
 from loading import (append_log, checkpoint_path, chars_per_token, dataset_vocab_size, get_batch, load_checkpoint, load_split,
                      model_from_checkpoint, random_states, require_vocab, restore_random_states, save_checkpoint,
                      setup_device, split_path, start_log)
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, special_token_ids
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -55,6 +55,8 @@ n_layer = 12
 n_head = 12
 n_embd = 768
 dropout = 0.0 # for pretraining 0 is good, for finetuning try 0.1+
+input_mask_weight = 0.0 # AR: weight of a next-token loss on inputs partly replaced by [MASK] (a regulariser for scarce data)
+input_mask_rate = 0.5 # AR: that loss's share of masked inputs is drawn per row from U(0, input_mask_rate)
 bias = False # do we use bias inside LayerNorm and Linear layers?
 pos_encoding = 'learned' # 'learned' (nanoGPT/GPT-2) or 'rope'; diffusion wants 'rope' (docs/design.md)
 diffusion_block = 0 # diffusion: tokens denoised together (block diffusion); attention is bidirectional inside a block and causal across blocks; 0 = block_size (full-sequence diffusion), 1 = next-token
@@ -105,13 +107,17 @@ for key in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_int
 for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'masking_warmup_iters', 'proofreading_warmup_iters', 'diffusion_block'):
     require_range(key, globals()[key], low=0, integer=True)
 for key in ('learning_rate', 'min_lr', 'weight_decay', 'grad_clip', 'penalty_mask_correct', 'weight_unmask_task',
-            'weight_remask_task', 'mask_bias_gain', 'ar_loss_weight'): # learning_rate=0 keeps the weights: the tests use it
+            'weight_remask_task', 'mask_bias_gain', 'ar_loss_weight', 'input_mask_weight'): # learning_rate=0 keeps the weights: the tests use it
     require_range(key, globals()[key], low=0)
 require_range('mask_bias_limit', mask_bias_limit, low=0, low_open=True)
 for key in ('beta1', 'beta2'):
     require_range(key, globals()[key], low=0, high=1, high_open=True)
 require_range('reward_correct_unmask', reward_correct_unmask, low=0, high=1)
 require_range('wrong_share', wrong_share, low=0, high=1)
+require_range('input_mask_rate', input_mask_rate, low=0, high=1)
+require(input_mask_weight == 0 or (model_type == 'gpt2' and init_from in ('scratch', 'resume')), f"input_mask_weight="
+        f"{input_mask_weight} trains an AR model from scratch on inputs with [MASK] in them: set --model_type=gpt2 "
+        "--init_from=scratch, or --input_mask_weight=0")
 require_range('target_mask_prob', target_mask_prob, low=0, high=1, low_open=True, high_open=True)
 require_range('mask_rate_min', mask_rate_min, low=0, high=1)
 require_range('mask_rate_max', mask_rate_max, low=0, high=1)
@@ -206,7 +212,9 @@ if init_from == 'scratch':
     base_vocab = meta_vocab_size if meta_vocab_size is not None else 50304
     if meta_vocab_size is None:
         print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
-    model = GPT(GPTConfig(**model_args, vocab_size=base_vocab + (2 if model_type == 'diffusion' else 0))) # [MASK], [WRONG]
+    specials = model_type == 'diffusion' or input_mask_weight > 0 # [MASK] and [WRONG] after the words
+    model = GPT(GPTConfig(**model_args, vocab_size=base_vocab + 2 * specials, **(dict(zip(('mask_token_id', 'wrong_token_id'),
+                special_token_ids(base_vocab))) if specials else {})))
 elif init_from == 'resume':
     print(f"Resuming training from {out_dir}")
     checkpoint = load_checkpoint(out_dir, device)
@@ -217,6 +225,8 @@ elif init_from == 'resume':
     model = model_from_checkpoint(checkpoint)
     require_vocab(model, dataset, out_dir, f"resume on the data it was trained on ({checkpoint['config']['dataset']}, "
                   "prepared as it was), or train a new model in another out_dir")
+    require(input_mask_weight == 0 or model.config.mask_token_id >= 0, f"{out_dir} holds an AR model without a [MASK] "
+            "token (trained with input_mask_weight=0): resume it with --input_mask_weight=0")
     require(ar_loss_weight == 0 or model.config.causal_clean, f"{out_dir} holds a model whose clean stream is not "
             f"causal (trained with ar_loss_weight=0): resume it with --ar_loss_weight=0")
     iter_num = checkpoint['iter_num']
@@ -274,24 +284,18 @@ def estimate_loss():
     comparable). Diffusion adds the masked val CE at fixed masking fractions and the ELBO
     bound (whatever the training objective: the number to compare with AR's val loss); the
     seed objective is evaluated at the end of its curriculum."""
-    out = {}
+    out, end_of_curriculum = {}, max(max_iters, masking_warmup_iters, proofreading_warmup_iters)
     model.eval()
     for split, data in (('train', train_data), ('val', val_data)):
         batch_generator = torch.Generator().manual_seed(seed + seed_offset)
+        batches = [get_batch(data, batch_size, block_size, batch_generator, device) for _ in range(eval_iters)]
         eval_noise = torch.Generator(device=device).manual_seed(seed + 1 + seed_offset)
-        losses = torch.zeros(eval_iters, device=device) # filled on the device: no sync per batch
-        for k in range(eval_iters):
-            x, y = get_batch(data, batch_size, block_size, batch_generator, device)
-            losses[k] = diffusion.model_loss(model, x, y, eval_noise, max(max_iters, masking_warmup_iters, proofreading_warmup_iters), config, ctx)[0].detach()
-        out[split] = losses.mean().item()
-    if diffusion_mode:
-        batch_generator = torch.Generator().manual_seed(seed + seed_offset)
-        batches = [get_batch(val_data, batch_size, block_size, batch_generator, device)[0] for _ in range(eval_iters)]
-        out.update(diffusion.val_metrics(model, batches, seed + seed_offset, ctx))
+        out[split] = torch.stack([diffusion.model_loss(model, x, y, eval_noise, end_of_curriculum, config, ctx)[0].detach()
+                                  for x, y in batches]).mean().item() # one sync per split, not per batch
+    if diffusion_mode: # on the val batches
+        out.update(diffusion.val_metrics(model, [x for x, _ in batches], seed + seed_offset, ctx))
     if raw_model.config.causal_clean: # the clean stream as an AR model, to compare with an AR model's val loss
-        batch_generator = torch.Generator().manual_seed(seed + seed_offset)
-        out['ar'] = diffusion.ar_val_loss(model, [get_batch(val_data, batch_size, block_size, batch_generator, device)
-                                                  for _ in range(eval_iters)], ctx)
+        out['ar'] = diffusion.ar_val_loss(model, batches, ctx)
     model.train()
     return out
 
@@ -388,7 +392,7 @@ while True:
         if master_process:
             extra = ''
             if diffusion_mode:
-                extra = (f", masked val CE 15/50/90%: {losses['masked15']:.4f}/{losses['masked50']:.4f}/{losses['masked90']:.4f}"
+                extra = (f", masked val CE 15/50/90%: {'/'.join(f'{losses[k]:.4f}' for k in diffusion.VAL_METRICS[1:])}"
                          f", val bound {losses['bound']:.4f} nats/token = {losses['bound'] / math.log(2):.4f} bits/token")
             if val_chars_per_token not in (None, 1.0): # the bound (diffusion) or the val loss (AR) per character
                 extra += f" = {losses['bound' if diffusion_mode else 'val'] / val_chars_per_token:.4f} nats/char"
@@ -437,9 +441,12 @@ while True:
         if device_type == 'cuda':
             record['peak_memory_gib'] = torch.cuda.max_memory_allocated() / 2**30
             line += f", peak memory {record['peak_memory_gib']:.2f}GiB"
-        if diffusion_mode: # one host copy of each statistic, for the line and the record
-            record.update({k: v.item() for k, v in stat_sums.items()}, bias=raw_model.mask_logit_bias.item())
-            line += ' | ' + ', '.join(f"{k} {record[k]:.3f}" for k in stat_sums) + f", bias {record['bias']:.3f}"
+        if stat_sums: # one host copy of each statistic, for the line and the record
+            record.update({k: v.item() for k, v in stat_sums.items()})
+            line += ' | ' + ', '.join(f"{k} {record[k]:.3f}" for k in stat_sums)
+        if diffusion_mode:
+            record['bias'] = raw_model.mask_logit_bias.item()
+            line += f", bias {record['bias']:.3f}"
             if loss_type == 'seed':
                 penalty, remask_ratio = diffusion.curriculum(iter_num, penalty_mask_correct, masking_warmup_iters,
                                                              proofreading_warmup_iters, wrong_share)

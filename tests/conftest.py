@@ -119,17 +119,19 @@ def run_train_ranks():
 
 
 # the kinds of training run whose resume is tested, each with its own options on top of
-# tiny_args: AR with dropout (so the torch RNG must be restored too), the seed objective with
-# the curriculum mid-ramp and the bias controller on, the ELBO with time conditioning and
-# gradient accumulation, and a block diffusion model (blocks of 8 of the 32 tokens) on the
+# tiny_args: AR with dropout (so the torch RNG must be restored too), AR with input masking (its
+# masks drawn from the noise stream), the seed objective with
+# the curriculum mid-ramp, a clipped range of rates and the bias controller on, the 1/t-weighted
+# ELBO with gradient accumulation, and a block diffusion model (blocks of 8 of the 32 tokens) on the
 # seed objective in its two-stream pass, with the token-mean ELBO weighting never used, and
 # one whose clean stream also learns the next token (ar_loss_weight, causal_clean)
 RUN_VARIANTS = {
     'gpt2': ['--model_type=gpt2', '--dropout=0.1', '--learning_rate=1e-2', '--min_lr=1e-3'],
+    'ar_masked': ['--model_type=gpt2', '--input_mask_weight=0.4', '--learning_rate=1e-2', '--min_lr=1e-3'],
     'seed': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=seed', '--masking_warmup_iters=4',
-             '--proofreading_warmup_iters=8', '--guaranteed_correct_factor=0.1', '--mask_bias_gain=0.3'],
-    'elbo': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=elbo', '--noise_schedule=cosine',
-             '--time_conditioning=True', '--gradient_accumulation_steps=2'],
+             '--proofreading_warmup_iters=8', '--mask_rate_max=0.9', '--mask_bias_gain=0.3'],
+    'elbo': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=elbo', '--loss_weighting=elbo',
+             '--gradient_accumulation_steps=2'],
     'block': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=seed', '--diffusion_block=8',
               '--masking_warmup_iters=4', '--proofreading_warmup_iters=8', '--mask_bias_gain=0.3'],
     'causal': ['--model_type=diffusion', '--pos_encoding=rope', '--loss_type=elbo', '--diffusion_block=8',

@@ -1,6 +1,8 @@
 """bench.py end to end on tiny checkpoints (random-init ones saved in train.py's format, and a
 block diffusion model trained by train.py for two iterations) on the tiny char dataset of
-conftest.py and a tiny BPE dataset, with tiny settings; and the metrics bench.py adds."""
+conftest.py and a tiny BPE dataset, with tiny settings; its training speed in this process (what
+it times); and the metrics bench.py adds."""
+import importlib
 import math
 import os
 import re
@@ -15,7 +17,9 @@ import pytest
 import torch
 
 import diffusion
+import sampling
 from conftest import ROOT, _tiny_text
+from configurator import script_defaults
 from loading import (chars_per_token, get_batch, load_checkpoint, load_split, load_tokenizer, model_from_checkpoint,
                      save_checkpoint)
 from metrics import best_threshold, detection_prf, judge_nll_per_char, judge_token_nlls
@@ -27,13 +31,12 @@ TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=False, dropout=0
 
 def save_tiny(out_dir, dataset, vocab, model_type, loss_type='seed', pos_encoding='rope', diffusion_block=0):
     """A random-init checkpoint with every key train.py's save() writes."""
-    extra = dict(vocab_size=vocab + 2, mask_token_id=vocab, wrong_token_id=vocab + 1) if model_type == 'diffusion' \
-        else dict(vocab_size=vocab)
+    vocab_size = vocab + 2 if model_type == 'diffusion' else vocab # the words, then [MASK] and [WRONG], as train.py's
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY, **extra, model_type=model_type, pos_encoding=pos_encoding,
+    model = GPT(GPTConfig(**TINY, vocab_size=vocab_size, model_type=model_type, pos_encoding=pos_encoding,
                           diffusion_block=diffusion_block))
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
-    config = dict(dataset=dataset, model_type=model_type, loss_type=loss_type, noise_schedule='linear')
+    config = dict(dataset=dataset, model_type=model_type, loss_type=loss_type)
     rng = {'data': [torch.Generator().get_state()], 'noise': [torch.Generator().get_state()],
            'torch': [torch.get_rng_state()], 'cuda': None}
     save_checkpoint({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': asdict(model.config),
@@ -58,11 +61,12 @@ def bpe_dataset(tmp_path_factory):
 def checkpoints(tiny_dataset, bpe_dataset, tmp_path_factory, run_train, tiny_args):
     name, meta = tiny_dataset
     root = tmp_path_factory.mktemp('bench')
-    # a trained block diffusion model (BD3-LM, blocks of 4 tokens, its clean stream also an AR model):
-    # train.py's own checkpoint, its evals on the val batches of the bench run below (eval_batches=1, batch_size=2)
-    r = run_train(*tiny_args, '--model_type=diffusion', '--loss_type=elbo', '--diffusion_block=4', '--ar_loss_weight=1.0', '--max_iters=2',
-                  '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2', '--batch_size=2', '--eval_iters=1',
-                  f"--out_dir={root / 'block'}")
+    # a trained block diffusion model (BD3-LM, blocks of 4 tokens, its clean stream also an AR model, trained on the
+    # bound itself): train.py's own checkpoint, its evals on the val batches of the bench run below (eval_batches=1,
+    # batch_size=2)
+    r = run_train(*tiny_args, '--model_type=diffusion', '--loss_type=elbo', '--loss_weighting=elbo', '--diffusion_block=4',
+                  '--ar_loss_weight=1.0', '--max_iters=2', '--eval_interval=2', '--warmup_iters=1', '--lr_decay_iters=2',
+                  '--batch_size=2', '--eval_iters=1', f"--out_dir={root / 'block'}")
     assert r.returncode == 0, r.stderr[-3000:]
     return dict(ar=save_tiny(root / 'ar', name, meta['vocab_size'], 'gpt2', pos_encoding='learned'),
                 seed=save_tiny(root / 'seed', name, meta['vocab_size'], 'diffusion', 'seed'),
@@ -89,7 +93,7 @@ def table(results, title):
             if line.startswith('| ')]
 
 
-SAMPLERS = ('refine', 'confidence', 'confidence+wrong', 'ancestral', 'left_to_right', 'threshold', 'entropy')
+SAMPLERS = tuple(sampling.PRESETS) # every preset; 'threshold' adapts its passes, capped at the largest step count
 MATCH_TOLERANCE = 0.05 # the tests' band: wide, since 2 samples of 12 tokens give a noisy entropy
 
 
@@ -133,10 +137,10 @@ def test_bench_end_to_end(bench, checkpoints):
                 if dataset_of[name] == char: # 11 characters written per sample
                     assert float(chars_per_pass) == pytest.approx(11 / int(passes), abs=0.005)
         if name in ('block', 'bpe_block'): # 2 or 4 passes over 11 tokens: one per block of 4
-            assert steps == {**{s: ['2 (1/block)', '4 (1/block)'] for s in SAMPLERS[:5]},
-                             'threshold': ['<=4 (1/block)'], 'entropy': ['<=4 (1/block)']}
+            assert steps == {s: ['<=4 (1/block)'] if s == 'threshold' else ['2 (1/block)', '4 (1/block)']
+                             for s in SAMPLERS}
         else:
-            assert steps == {**{s: ['2', '4'] for s in SAMPLERS[:5]}, 'threshold': ['<=4'], 'entropy': ['<=4']}
+            assert steps == {s: ['<=4'] if s == 'threshold' else ['2', '4'] for s in SAMPLERS}
     assert all(int(row[4]) >= 3 for row in quality[5:] if row[0] == 'block') # 12 tokens: 3 blocks, one by one
     assert quality[3][4:6] == ['11', '1.00'] # char AR: a character per pass
 
@@ -235,11 +239,8 @@ def test_validation_loss_values(bench, checkpoints):
         ar_nll = sum(ar(x, y)[1].item() for x, y in batches(ar)) / len(batches(ar))
     expected = {'ar': ar_nll}
     for name in ('seed', 'elbo', 'block'):
-        checkpoint = load_checkpoint(checkpoints[name])
-        model = model_from_checkpoint(checkpoint).eval()
-        expected[name] = diffusion.elbo_bound(model, [x for x, _ in batches(model)], model.config.mask_token_id,
-                                              model.denoising_block or model.config.block_size,
-                                              checkpoint['config']['noise_schedule'], torch.Generator().manual_seed(seed + 1))
+        model = model_from_checkpoint(load_checkpoint(checkpoints[name])).eval()
+        expected[name] = diffusion.elbo_bound(model, [x for x, _ in batches(model)], torch.Generator().manual_seed(seed + 1))
     for name, nats in expected.items():
         row = rows[name]
         assert float(row['nats/token']) == pytest.approx(nats, abs=6e-5)
@@ -253,12 +254,43 @@ def test_validation_loss_values(bench, checkpoints):
     assert all(float(loss) == pytest.approx(float(bound) + float(ar), abs=2e-4) for loss, bound, ar in evals)
 
 
+def test_training_speed_times_the_step_of_train_py(checkpoints, monkeypatch):
+    """The training speed is that of diffusion.train_step, the optimizer step train.py runs, with train.py's
+    GradScaler and default settings (the ELBO objective, one micro-batch): on fresh AR, full-sequence and block
+    models of the first diffusion checkpoint's architecture, the [MASK] bias controller included."""
+    monkeypatch.setattr(sys, 'argv', ['bench.py', '--device=cpu']) # bench.py reads its settings when imported
+    bench = importlib.import_module('bench')
+    calls, train_step = [], diffusion.train_step
+
+    def spy(model, optimizer, scaler, next_batch, generator, it, settings, ctx, world_size=1):
+        calls.append((model, scaler, settings, next_batch()[0].shape))
+        return train_step(model, optimizer, scaler, next_batch, generator, it, settings, ctx, world_size)
+    monkeypatch.setattr(diffusion, 'train_step', spy)
+    loaded = {name: load_checkpoint(checkpoints[name]) for name in ('elbo', 'block')} # block_size 16, and blocks of 4
+    models = [(name, model_from_checkpoint(checkpoint), checkpoint) for name, checkpoint in loaded.items()]
+    data = {checkpoints['ar_dataset']: SimpleNamespace(val=load_split(checkpoints['ar_dataset'], 'val'))}
+    rows, arch = bench.training_speed(models, data, 2, 3, 1337, 'cpu', bench.ctx, 'cpu', 'float32')
+    assert [(r['label'], r['block'], r['objective']) for r in rows] == [
+        ('AR', '-', 'next token'), ('diffusion', 'full', 'elbo'), ('block diffusion', 4, 'elbo')]
+    assert arch['block_size'] == 16 and all(r['seconds'] > 0 and r['tokens_per_s'] > 0 for r in rows)
+    assert len(calls) == 3 * (2 + 3) # 2 untimed steps and 3 timed ones per model
+    expected = dict(script_defaults(os.path.join(ROOT, 'train.py')), loss_type='elbo', gradient_accumulation_steps=1)
+    for model, scaler, settings, shape in calls:
+        assert isinstance(scaler, torch.amp.GradScaler) and not scaler.is_enabled() # float32: as train.py builds it
+        assert settings == expected and settings['grad_clip'] > 0 and shape == (2, 16)
+    models_timed = list(dict.fromkeys(model for model, *_ in calls))
+    assert [m.config.model_type for m in models_timed] == ['gpt2', 'diffusion', 'diffusion']
+    assert all(m.mask_logit_bias.item() != 0 for m in models_timed[1:]) # the controller moved the [MASK] bias
+
+
 @pytest.mark.parametrize('args, message', [
     (lambda c: [f"--ar_dir={c['seed']}", f"--diffusion_dirs={c['elbo']}"], 'pass it in diffusion_dirs'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['ar']}"], 'pass it in ar_dir'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--sample_length=17'], 'sample_length=17'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--samplers=refine,bogus'], "unknown samplers ['bogus']"),
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--match_step_counts=0'], 'must be positive'),
+    # the sampler's own rules (sampling.check_options)
+    (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['seed']}", '--threshold=0'], 'threshold must be in (0, 1]'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--extra_ar_dirs={c['ar']}", f"--diffusion_dirs={c['seed']}"],
      'ar_dir and extra_ar_dirs name a checkpoint twice'),
     (lambda c: [f"--ar_dir={c['ar']}", f"--diffusion_dirs={c['stale']}"], 'the data was prepared again'),

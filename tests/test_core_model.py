@@ -1,6 +1,6 @@
-"""The GPT class in both modes: shapes, attention direction, position encodings, the
-[MASK] bias, time conditioning, KV-cache generation, model surgery, optimizer groups,
-MFU and GPT-2 weight loading (against a tiny HuggingFace checkpoint made locally)."""
+"""The GPT class in both modes: shapes, special tokens, attention direction and masks,
+position encodings, the [MASK] bias, the KV cache, generation, model surgery, optimizer
+groups, MFU and GPT-2 weight loading (against a tiny HuggingFace checkpoint made locally)."""
 import copy
 from dataclasses import asdict
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import diffusion
-from model import GPT, GPTConfig
+import sampling
+from model import GPT, GPTConfig, KVCache, causal_mask, special_token_ids
 
 V = 20 # base vocabulary of the tiny models
 
@@ -76,6 +77,28 @@ def test_diffusion_shapes(pos_encoding):
     assert model(x[:, :5])[0].shape == (3, 5, V + 2)
 
 
+def test_special_tokens_are_the_last_two_ids():
+    """[MASK] and [WRONG] come right after the words, so that every word keeps its tokenizer
+    (and AR model) id; a diffusion config sets them from vocab_size."""
+    assert special_token_ids(V) == (V, V + 1)
+    config = GPTConfig(model_type='diffusion', vocab_size=V + 2, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    assert (config.mask_token_id, config.wrong_token_id, config.words) == (V, V + 1, V)
+    assert GPTConfig(**asdict(config)) == config # rebuilt from its fields, as from a checkpoint
+    assert GPTConfig(**{**asdict(config), 'mask_token_id': V, 'wrong_token_id': V + 1}) == config
+    ar = GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    assert ar.words == V and (ar.mask_token_id, ar.wrong_token_id) == (-1, -1) # an AR model has none
+    # a model made a diffusion model after its config was made gets no ids: GPT says so
+    ar.model_type = 'diffusion'
+    with pytest.raises(ValueError, match=r"last two ids, \(18, 19\) of vocab_size=20, not -1 and -1"):
+        GPT(ar)
+    # the model takes them as input and gives logits for the words and both specials
+    model = tiny('diffusion')
+    assert model.config.words == V and model.lm_head.out_features == V + 2
+    x = tokens(B=2, vocab=V)
+    x[:, 3], x[:, 5] = V, V + 1
+    assert model(x)[0].shape == (2, 16, V + 2)
+
+
 def test_sequence_longer_than_block_size_is_refused():
     model = tiny('gpt2')
     with pytest.raises(AssertionError, match='block size'):
@@ -98,27 +121,6 @@ def test_weight_tying():
     assert learned.get_num_params() == rope.get_num_params()
 
 
-def test_untied_embeddings_and_their_init_scale():
-    """tie_embeddings=False gives the embedding and the head a matrix each; embedding_init_std sets
-    the embedding's (e.g. PyTorch's default N(0,1)), the head keeps GPT-2's 0.02."""
-    untied = tiny('diffusion', tie_embeddings=False, embedding_init_std=1.0, n_embd=64)
-    wte, head = untied.transformer.wte.weight, untied.lm_head.weight
-    assert wte is not head and wte.shape == head.shape == (V + 2, 64)
-    assert 0.8 < wte.std().item() < 1.2 and 0.015 < head.std().item() < 0.025
-    tied = tiny('diffusion', n_embd=64)
-    assert untied.get_num_params() == tied.get_num_params() + (V + 2) * 64 # the second matrix counts
-    # the default config is the GPT-2 model of before, bit for bit
-    assert torch.equal(tiny('diffusion', tie_embeddings=True)(tokens(vocab=V + 2))[0], tiny('diffusion')(tokens(vocab=V + 2))[0])
-    # gradients reach both matrices separately
-    untied(tokens(vocab=V + 2))[0].pow(2).mean().backward()
-    assert wte.grad is not None and head.grad is not None and not torch.equal(wte.grad, head.grad)
-    # a checkpoint round trip keeps them apart
-    rebuilt = GPT(GPTConfig(**untied.config.__dict__))
-    rebuilt.load_state_dict(untied.state_dict())
-    assert rebuilt.transformer.wte.weight is not rebuilt.lm_head.weight
-    assert torch.equal(rebuilt.transformer.wte.weight, wte)
-
-
 def test_unknown_model_type_or_pos_encoding():
     with pytest.raises(ValueError, match="model_type must be 'gpt2' or 'diffusion'"):
         tiny('bert')
@@ -132,10 +134,14 @@ def test_unknown_model_type_or_pos_encoding():
     (dict(n_layer=0), 'n_layer must be an integer >= 1, not 0'),
     (dict(block_size=None), 'block_size must be an integer >= 1, not None'),
     (dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
-    (dict(time_conditioning=True), 'time_conditioning is for diffusion models'),
-    (dict(model_type='diffusion'), 'two different token ids below vocab_size'),
-    (dict(embedding_init_std=1.0), 'embedding_init_std=1.0 needs tie_embeddings=False'),
-    (dict(embedding_init_std=0, tie_embeddings=False), 'embedding_init_std must be a number > 0'),
+    (dict(model_type='diffusion', mask_token_id=0, wrong_token_id=1),
+     r"a model's \[MASK\] and \[WRONG\] are its last two ids, \(18, 19\) of vocab_size=20, not 0 and 1"),
+    (dict(model_type='diffusion', mask_token_id=19, wrong_token_id=18), r'last two ids, \(18, 19\).*not 19 and 18'),
+    (dict(model_type='diffusion', mask_token_id=20, wrong_token_id=21), r'last two ids, \(18, 19\).*not 20 and 21'),
+    (dict(diffusion_block=-1), 'diffusion_block must be an integer >= 0'),
+    (dict(model_type='diffusion', diffusion_block=5, mask_token_id=18, wrong_token_id=19),
+     'diffusion_block=5 does not divide block_size=16: use a divisor, e.g. diffusion_block=4'),
+    (dict(causal_clean=True), "causal_clean needs a block diffusion model"),
 ])
 def test_impossible_configs_are_refused_with_what_to_change(kw, message):
     """A user of GPT from Python gets the same clear ValueError that train.py turns into one line."""
@@ -197,21 +203,23 @@ def test_positions_matter(pos_encoding):
 
 def test_rope_is_relative():
     """With rotary embeddings, attention scores depend only on relative positions: a causal
-    model fed a sequence at offset 0 and, via pos_offset, at offset 5 gives the same logits."""
+    model fed a sequence at positions 0.. and, via pos, at positions 5.. gives the same logits."""
     model = tiny('gpt2', 'rope')
     x = tokens(B=2, T=8)
     a, _ = model(x, x)
-    b, _ = model(x, x, pos_offset=5)
+    b, _ = model(x, x, pos=torch.arange(5, 13))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the default positions are 0..T-1
+    assert torch.equal(model(x, x, pos=torch.arange(8))[0], a)
     # learned positions are absolute: the same shift changes the output
     learned = tiny('gpt2', 'learned')
     c, _ = learned(x, x)
-    d, _ = learned(x, x, pos_offset=5)
+    d, _ = learned(x, x, pos=torch.arange(5, 13))
     assert (c - d).abs().amax() > 1e-4
 
 
 # ----------------------------------------------------------------------------
-# the [MASK] bias and time conditioning
+# the [MASK] bias
 
 def test_forward_returns_plain_logits_and_the_bias_is_added_by_diffusion():
     model = tiny('diffusion')
@@ -225,7 +233,7 @@ def test_forward_returns_plain_logits_and_the_bias_is_added_by_diffusion():
     assert torch.equal(diff[..., :V], torch.zeros_like(diff[..., :V]))
     assert torch.equal(diff[..., V + 1], torch.zeros_like(diff[..., V + 1]))
     # the samplers read the model's own bias
-    torch.testing.assert_close(diffusion.denoiser_logits(model, x), biased)
+    torch.testing.assert_close(sampling.denoiser_logits(model, x), biased)
     # the bias is a buffer saved in the state dict, not a model setting
     assert model.state_dict()['mask_logit_bias'].item() == 3.5
     assert 'mask_logit_bias' not in asdict(model.config)
@@ -237,21 +245,6 @@ def test_mask_logit_bias_is_autograd_safe():
     logits, _ = model(tokens(vocab=V + 2))
     diffusion.with_mask_bias(logits, V, model.mask_logit_bias).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
-
-
-def test_time_conditioning():
-    model = tiny('diffusion', 'rope', time_conditioning=True)
-    x = tokens(B=2, vocab=V + 2)
-    with pytest.raises(AssertionError, match='noise level'):
-        model(x)
-    a, _ = model(x, noise_level=torch.tensor([0.1, 0.1]))
-    b, _ = model(x, noise_level=torch.tensor([0.9, 0.1]))
-    assert (a[0] - b[0]).abs().amax() > 1e-5 # the row whose noise level changed
-    torch.testing.assert_close(a[1], b[1]) # the other row is untouched
-    # without time conditioning the noise level is ignored
-    plain = tiny('diffusion', 'rope')
-    torch.testing.assert_close(plain(x, noise_level=torch.tensor([0.1, 0.1]))[0],
-                               plain(x, noise_level=torch.tensor([0.9, 0.9]))[0])
 
 
 # ----------------------------------------------------------------------------
@@ -281,17 +274,50 @@ def test_kv_cache_logits_match_full_forward(pos_encoding):
     model = tiny('gpt2', pos_encoding)
     x = tokens(B=2, T=12)
     full, _ = model(x, x)
-    cache = [{} for _ in model.transformer.h]
+    cache = KVCache()
+    assert cache.length == 0
     first, _ = model(x[:, :4], kv_cache=cache)
+    assert cache.length == 4 and set(cache.k) == set(cache.v) == {0, 1} # every layer keeps its keys
     torch.testing.assert_close(first[:, -1], full[:, 3], rtol=1e-4, atol=1e-5)
-    for i in range(4, 12):
-        step, _ = model(x[:, i:i + 1], kv_cache=cache, pos_offset=i)
+    for i in range(4, 12): # the positions follow the cache's
+        step, _ = model(x[:, i:i + 1], kv_cache=cache)
+        assert cache.length == i + 1
         torch.testing.assert_close(step[:, -1], full[:, i], rtol=1e-4, atol=1e-5)
-    # several new tokens at once (bottom-right causal mask)
-    cache = [{} for _ in model.transformer.h]
-    model(x[:, :4], kv_cache=cache)
-    chunk, _ = model(x[:, 4:9], x[:, 4:9], kv_cache=cache, pos_offset=4)
+    # several new tokens at once (bottom-right causal mask), after cropping the cache back
+    cache.crop(4)
+    assert cache.length == 4 and all(k.size(2) == 4 for k in list(cache.k.values()) + list(cache.v.values()))
+    chunk, _ = model(x[:, 4:9], x[:, 4:9], kv_cache=cache)
+    assert cache.length == 9
     torch.testing.assert_close(chunk, full[:, 4:9], rtol=1e-4, atol=1e-5)
+    # the same with the mask given: causal_mask is the pattern the model builds itself
+    cache.crop(4)
+    masked, _ = model(x[:, 4:9], x[:, 4:9], kv_cache=cache, attn_mask=causal_mask(5, 4, 'cpu'))
+    torch.testing.assert_close(masked, chunk, rtol=0, atol=1e-6)
+
+
+def test_causal_mask():
+    assert torch.equal(causal_mask(4, 0, 'cpu'), torch.ones(4, 4, dtype=torch.bool).tril())
+    m = causal_mask(3, 5, 'cpu') # 3 new tokens after 5 cached ones
+    assert m.shape == (3, 8) and m[:, :5].all()
+    assert torch.equal(m[:, 5:], torch.ones(3, 3, dtype=torch.bool).tril())
+
+
+@BOTH_POS
+def test_attn_mask_replaces_the_default_pattern(pos_encoding):
+    """attn_mask overrides the model's own pattern: a causal mask makes a diffusion model
+    causal, a full one makes an AR model see every position."""
+    x = tokens(B=2, T=10)
+    diff = tiny('diffusion', pos_encoding)
+    causal, _ = diff(x, attn_mask=causal_mask(10, 0, 'cpu'))
+    x2 = x.clone()
+    x2[:, 6:] = (x[:, 6:] + 1) % V # a change from position 6 on is not seen before it
+    changed, _ = diff(x2, attn_mask=causal_mask(10, 0, 'cpu'))
+    torch.testing.assert_close(changed[:, :6], causal[:, :6], rtol=0, atol=1e-6)
+    assert ((changed[:, 6:] - causal[:, 6:]).abs().amax(-1) > 1e-5).all()
+    assert ((diff(x2)[0][:, :6] - diff(x)[0][:, :6]).abs().amax(-1) > 1e-5).all() # the default: full
+    ar = tiny('gpt2', pos_encoding)
+    full, _ = ar(x, x, attn_mask=torch.ones(10, 10, dtype=torch.bool))
+    assert ((full[:, :-1] - ar(x, x)[0][:, :-1]).abs().amax(-1) > 1e-5).all()
 
 
 def test_greedy_top_k_1():
@@ -366,11 +392,6 @@ def test_to_diffusion(pos_encoding):
     assert a[..., V:].abs().max() < 10 * a[..., :V].abs().max() + 1
     with pytest.raises(AssertionError):
         model.to_diffusion()
-    # untied, both matrices grow (and stay two)
-    untied = tiny('gpt2', pos_encoding, tie_embeddings=False)
-    untied.to_diffusion()
-    assert untied.transformer.wte.weight is not untied.lm_head.weight
-    assert untied.transformer.wte.weight.shape == untied.lm_head.weight.shape == (V + 2, 32)
     # the surgery survives a state-dict round trip into a model built from its config
     rebuilt = GPT(GPTConfig(**{**cfg.__dict__}))
     rebuilt.load_state_dict(model.state_dict())
@@ -394,7 +415,7 @@ def test_to_diffusion_trains():
 # optimizer and MFU
 
 def test_configure_optimizers_groups():
-    model = tiny('diffusion', 'learned', time_conditioning=True)
+    model = tiny('diffusion', 'learned')
     opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type='cpu')
     assert isinstance(opt, torch.optim.AdamW)
     decay, nodecay = opt.param_groups

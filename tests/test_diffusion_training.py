@@ -9,9 +9,9 @@ import torch
 from torch.nn import functional as F
 
 from configurator import script_defaults
-from diffusion import (block_rows, corrupt, corrupt_fixed_fraction, corrupt_mask_only, elbo_loss, curriculum,
-                       mask_schedule, mask_statistics, masked_cross_entropy, next_token_loss, task_weighted_loss,
-                       training_loss, update_mask_bias)
+from diffusion import (block_rows, corrupt, denoise, corrupt_fixed_fraction, corrupt_mask_only, elbo_loss, curriculum,
+                       mask_statistics, masked_cross_entropy, next_token_loss, task_weighted_loss,
+                       model_loss, training_loss, update_mask_bias)
 from model import GPT, GPTConfig
 
 V = 11 # base vocabulary
@@ -29,11 +29,11 @@ def gen(seed=0):
 # ----------------------------------------------------------------------------
 # the seed corruption
 
-@pytest.mark.parametrize('gcf, remask_ratio', [(0.0, 1.0), (0.2, 0.5), (0.5, 1.0)])
-def test_corrupt_statistics(gcf, remask_ratio):
+@pytest.mark.parametrize('rate_max, remask_ratio', [(1.0, 1.0), (0.8, 0.5), (0.5, 1.0)])
+def test_corrupt_statistics(rate_max, remask_ratio):
     B, T = 4000, 64
     x = clean(B, T)
-    inputs, targets, total = corrupt(x, gen(1), MASK, WRONG, gcf, remask_ratio)
+    inputs, targets, total = corrupt(x, gen(1), MASK, WRONG, remask_ratio, 0.0, rate_max)
     assert inputs.shape == targets.shape == (B, T) and total.shape == (B,)
     assert inputs.dtype == targets.dtype == x.dtype
     masked = inputs == MASK
@@ -57,11 +57,11 @@ def test_corrupt_statistics(gcf, remask_ratio):
     corrupted = n_mask + n_wrong
     assert ((corrupted - T * total).abs() < 2).all()
     assert (corrupted - T * total).mean().item() == pytest.approx(0, abs=0.05)
-    # total = U(0, 1 - gcf): range and mean
-    assert (total >= 0).all() and (total <= 1 - gcf).all()
-    assert total.mean().item() == pytest.approx((1 - gcf) / 2, abs=0.02)
-    assert (corrupted.float() / T).mean().item() == pytest.approx((1 - gcf) / 2, abs=0.03)
-    assert total.max().item() > 0.95 * (1 - gcf) and total.min().item() < 0.05 * (1 - gcf)
+    # total = U(0, rate_max): range and mean
+    assert (total >= 0).all() and (total <= rate_max).all()
+    assert total.mean().item() == pytest.approx(rate_max / 2, abs=0.02)
+    assert (corrupted.float() / T).mean().item() == pytest.approx(rate_max / 2, abs=0.03)
+    assert total.max().item() > 0.95 * rate_max and total.min().item() < 0.05 * rate_max
     # rate_random = U(0,1) * total * remask_ratio: on average half of remask_ratio of the corruption
     share_random = n_wrong.sum().item() / corrupted.sum().item()
     assert share_random == pytest.approx(remask_ratio / 2, abs=0.03)
@@ -74,7 +74,7 @@ def test_corrupt_statistics(gcf, remask_ratio):
 def test_corrupt_without_remasking_masks_T_total_rounded_stochastically():
     B, T = 2000, 50
     x = clean(B, T)
-    inputs, targets, total = corrupt(x, gen(2), MASK, WRONG, 0.1, 0.0)
+    inputs, targets, total = corrupt(x, gen(2), MASK, WRONG, 0.0, 0.0, 0.9)
     assert not (targets == WRONG).any() # remask_ratio 0: no [WRONG]
     assert torch.equal(targets, x)
     n_mask = (inputs == MASK).sum(1)
@@ -88,7 +88,7 @@ def test_corrupt_counts_are_unbiased_in_short_blocks():
     """Blocks of 4 at a random-token share of 0.2: random tokens at the expected rate (floored
     counts drew none) and fully masked blocks, which is how every block starts when sampling."""
     B, T = 20000, 4
-    inputs, targets, total = corrupt(clean(B, T), gen(3), MASK, WRONG, 0.0, 0.2)
+    inputs, targets, total = corrupt(clean(B, T), gen(3), MASK, WRONG, 0.2)
     wrong_share = (targets == WRONG).float().mean().item()
     assert wrong_share == pytest.approx(0.2 / 2 * total.mean().item(), rel=0.1) # E[U(0,1)] * 0.2 of the corruption
     mask_share = (inputs == MASK).float().mean().item()
@@ -99,9 +99,9 @@ def test_corrupt_counts_are_unbiased_in_short_blocks():
 
 def test_corrupt_is_deterministic_given_the_generator():
     x = clean(8, 32)
-    a = corrupt(x, gen(5), MASK, WRONG, 0.0, 1.0)
-    b = corrupt(x, gen(5), MASK, WRONG, 0.0, 1.0)
-    c = corrupt(x, gen(6), MASK, WRONG, 0.0, 1.0)
+    a = corrupt(x, gen(5), MASK, WRONG, 1.0)
+    b = corrupt(x, gen(5), MASK, WRONG, 1.0)
+    c = corrupt(x, gen(6), MASK, WRONG, 1.0)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not torch.equal(a[0], c[0])
 
@@ -109,55 +109,30 @@ def test_corrupt_is_deterministic_given_the_generator():
 def test_corrupt_does_not_touch_its_input():
     x = clean(8, 32)
     x0 = x.clone()
-    corrupt(x, gen(), MASK, WRONG, 0.0, 1.0)
+    corrupt(x, gen(), MASK, WRONG, 1.0)
     assert torch.equal(x, x0)
 
 
 # ----------------------------------------------------------------------------
 # mask-only corruption (ELBO) and the fixed-fraction masking
 
-@pytest.mark.parametrize('schedule', ['linear', 'cosine'])
-def test_corrupt_mask_only(schedule):
+def test_corrupt_mask_only():
     B, T = 1000, 400
     x = clean(B, T)
-    inputs, targets, t, w, m = corrupt_mask_only(x, gen(3), MASK, schedule)
+    inputs, targets, t = corrupt_mask_only(x, gen(3), MASK)
     assert torch.equal(targets, x)
     assert torch.equal(inputs[inputs != MASK], x[inputs != MASK])
     assert ((t >= 1e-3) & (t <= 1)).all()
     # stratified: exactly one t in each of the B equal slices of [t_min, 1]
     u = (t - 1e-3) / (1 - 1e-3)
     assert torch.equal((u * B).floor().long().clamp(max=B - 1).sort().values, torch.arange(B))
-    # the mask fraction tracks m(t), which is the schedule's
-    if schedule == 'linear':
-        torch.testing.assert_close(m, t)
-        torch.testing.assert_close(w, 1 / t) # the ELBO weight of the linear schedule
-    else:
-        torch.testing.assert_close(m, 1 - torch.cos(math.pi / 2 * t))
-        torch.testing.assert_close(w, (math.pi / 2) * torch.sin(math.pi / 2 * t) / m)
+    # the mask fraction tracks t (the linear schedule of MDLM)
     frac = (inputs == MASK).float().mean(1)
-    assert (frac - m).abs().mean() < 0.03 # binomial noise: std <= 0.025 at T=400
-    assert abs((frac - m).mean().item()) < 0.005
-    assert (frac - m).abs().max() < 0.12
+    assert (frac - t).abs().mean() < 0.03 # binomial noise: std <= 0.025 at T=400
+    assert abs((frac - t).mean().item()) < 0.005
+    assert (frac - t).abs().max() < 0.12
     # the rows are shuffled, not sorted by t
     assert not torch.equal(t, t.sort().values)
-
-
-def test_mask_schedule_values():
-    t = torch.tensor([0.25, 0.5, 1.0])
-    m, w = mask_schedule(t, 'linear')
-    torch.testing.assert_close(m, t)
-    torch.testing.assert_close(w, torch.tensor([4.0, 2.0, 1.0]))
-    m, w = mask_schedule(torch.tensor([1.0]), 'cosine')
-    torch.testing.assert_close(m, torch.tensor([1.0]))
-    torch.testing.assert_close(w, torch.tensor([math.pi / 2]))
-    # the ELBO weight is m'(t)/m(t): check against a finite difference
-    t = torch.tensor([0.3], dtype=torch.float64)
-    m, w = mask_schedule(t, 'cosine')
-    h = 1e-6
-    dm = (mask_schedule(t + h, 'cosine')[0] - mask_schedule(t - h, 'cosine')[0]) / (2 * h)
-    torch.testing.assert_close(w, dm / m)
-    with pytest.raises(ValueError, match='schedule'):
-        mask_schedule(t, 'quadratic')
 
 
 @pytest.mark.parametrize('fraction', [0.15, 0.5, 0.9, 0.0, 1.0])
@@ -329,7 +304,7 @@ def test_mask_logit_gets_no_gradient():
 def test_task_weighted_loss_without_some_tasks():
     """No [WRONG] in the batch (start of the curriculum): finite loss and stats."""
     x = clean(4, 16)
-    inputs, targets, total = corrupt(x, gen(), MASK, WRONG, 0.0, 0.0)
+    inputs, targets, total = corrupt(x, gen(), MASK, WRONG, 0.0)
     loss, stats = task_weighted_loss(torch.randn(4, 16, V + 2), inputs, targets, total, MASK, WRONG, **P)
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
     assert stats['loss_remask'].item() == 0.0
@@ -341,9 +316,10 @@ def test_task_weighted_loss_without_some_tasks():
 def test_elbo_loss_by_hand():
     x = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
     inputs = torch.tensor([[MASK, 2, MASK, 4, 5], [MASK, MASK, MASK, MASK, 10]])
-    weight = torch.tensor([2.5, 1.25])
+    t = torch.tensor([0.4, 0.8]) # the ELBO weights each row by 1/t
+    weight = 1 / t
     logits = torch.randn(2, 5, V + 2, generator=gen(2)) * 3
-    loss, stats = elbo_loss(logits, inputs, x, weight, MASK)
+    loss, stats = elbo_loss(logits, inputs, x, t, MASK, WRONG)
     # by hand: softmax over the words only ([MASK] and [WRONG] excluded), masked positions,
     # summed over the row, divided by T, times the row's weight, averaged over rows
     total, n, ce_sum = 0.0, 0, 0.0
@@ -362,9 +338,9 @@ def test_elbo_loss_by_hand():
     # the [MASK] and [WRONG] logits play no part
     other = logits.clone()
     other[..., V:] = torch.tensor([40.0, -7.0])
-    assert elbo_loss(other, inputs, x, weight, MASK)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert elbo_loss(other, inputs, x, t, MASK, WRONG)[0].item() == pytest.approx(loss.item(), rel=1e-6)
     # masked_cross_entropy is the unweighted mean over the masked positions
-    assert masked_cross_entropy(logits, inputs, x, MASK).item() == pytest.approx(ce_sum / n, rel=1e-5)
+    assert masked_cross_entropy(logits, inputs, x, MASK, WRONG).item() == pytest.approx(ce_sum / n, rel=1e-5)
 
 
 def test_elbo_of_a_uniform_model_is_log_V():
@@ -372,8 +348,8 @@ def test_elbo_of_a_uniform_model_is_log_V():
     ELBO of log V nats per token: the weight 1/t cancels the masked fraction t."""
     B, T = 2000, 64
     x = clean(B, T)
-    inputs, targets, t, w, _ = corrupt_mask_only(x, gen(7), MASK, 'linear')
-    loss, _ = elbo_loss(torch.zeros(B, T, V + 2), inputs, targets, w, MASK)
+    inputs, targets, t = corrupt_mask_only(x, gen(7), MASK)
+    loss, _ = elbo_loss(torch.zeros(B, T, V + 2), inputs, targets, t, MASK, WRONG)
     assert loss.item() == pytest.approx(math.log(V), rel=0.05)
 
 
@@ -488,13 +464,13 @@ class Wrapped(torch.nn.Module):
 @pytest.mark.parametrize('block', [0, 4])
 def test_training_loss_elbo_is_the_elbo_of_each_noise_span(block):
     model, x = diffusion_model(block), clean(3, 16)
-    settings = dict(SETTINGS, loss_type='elbo', mask_rate_min=0.2, mask_rate_max=0.8)
+    settings = dict(SETTINGS, loss_type='elbo', loss_weighting='elbo', mask_rate_min=0.2, mask_rate_max=0.8)
     loss, stats = training_loss(Wrapped(model), x, x, gen(5), 0, settings)
     # by hand: one noise level per block (or row), in the training range, the bias only in p([MASK])
     span = block or 16
-    inputs, targets, _, weight, _ = corrupt_mask_only(block_rows(x, span), gen(5), MASK, 'linear', 0.2, 0.8)
-    logits = block_rows(model(inputs.view_as(x), clean=x)[0], span)
-    expected, _ = elbo_loss(logits, inputs, targets, weight, MASK)
+    inputs, targets, t = corrupt_mask_only(block_rows(x, span), gen(5), MASK, 0.2, 0.8)
+    logits = block_rows(denoise(model, inputs.view_as(x), x)[:, :16], span)
+    expected, _ = elbo_loss(logits, inputs, targets, t, MASK, WRONG)
     torch.testing.assert_close(loss, expected)
     p_mask, gap = mask_statistics(logits, inputs, MASK, model.mask_logit_bias)
     torch.testing.assert_close(stats['p_mask'], p_mask)
@@ -507,7 +483,7 @@ def test_training_loss_seed_follows_the_curriculum():
     it = 250 # a quarter of the default ramps
     loss, stats = training_loss(model, x, x, gen(2), it, SETTINGS)
     penalty, remask_ratio = curriculum(it, 0.5, 1000, 1000)
-    inputs, targets, rate = corrupt(x, gen(2), MASK, WRONG, 0.0, remask_ratio)
+    inputs, targets, rate = corrupt(x, gen(2), MASK, WRONG, remask_ratio)
     expected, _ = task_weighted_loss(model(inputs)[0], inputs, targets, rate, MASK, WRONG, 1.0, 1.0, penalty, 0.1)
     torch.testing.assert_close(loss, expected)
     assert {'loss_unmask', 'loss_remask', 'loss_keep', 'p_mask', 'logit_gap'} == set(stats)
@@ -519,7 +495,36 @@ def test_training_loss_adds_the_weighted_next_token_loss_of_the_clean_stream():
     settings = dict(SETTINGS, loss_type='elbo')
     without, _ = training_loss(model, x, y, gen(3), 0, dict(settings, ar_loss_weight=0.0))
     with_ar, stats = training_loss(model, x, y, gen(3), 0, dict(settings, ar_loss_weight=0.5))
-    clean_logits = model(x, ar=True)[0]
-    torch.testing.assert_close(stats['loss_ar'], next_token_loss(clean_logits, y, MASK))
+    clean_logits = model(x, attn_mask=torch.ones(16, 16, dtype=torch.bool).tril())[0] # the clean stream alone, token-causal
+    torch.testing.assert_close(stats['loss_ar'], next_token_loss(clean_logits, y, MASK, WRONG))
     torch.testing.assert_close(with_ar, without + 0.5 * stats['loss_ar'])
     assert not stats['loss_ar'].requires_grad and with_ar.requires_grad
+
+
+def test_ar_input_masking_adds_a_weighted_loss_on_masked_inputs_in_training_only():
+    """An AR model with [MASK] in its vocabulary: in training, model_loss adds weight x the
+    next-token loss of the text with inputs replaced by [MASK] at a per-row rate in
+    U(0, input_mask_rate); in eval (the val loss) it is the plain next-token loss."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=V + 2, mask_token_id=MASK,
+                          wrong_token_id=WRONG))
+    assert model.config.words == V
+    x, y = clean(256, 64), clean(256, 64, seed=1)
+    settings = dict(SETTINGS, input_mask_weight=0.4, input_mask_rate=0.5)
+    plain = model(x, y)[1]
+    model.eval()
+    loss, stats = model_loss(model, x, y, gen(3), 0, settings)
+    assert stats == {} and torch.equal(loss, plain)
+    model.train()
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    loss, stats = model_loss(model, x, y, gen(3), 0, settings)
+    masked_inputs = seen[-1]
+    torch.testing.assert_close(stats['loss_masked_inputs'], model(masked_inputs, y)[1])
+    torch.testing.assert_close(loss, plain + 0.4 * stats['loss_masked_inputs'])
+    # only inputs change, to [MASK]; each row at its own rate, spread over U(0, 0.5)
+    changed = masked_inputs != x
+    assert (masked_inputs[changed] == MASK).all()
+    rates = changed.float().mean(1)
+    assert rates.max() < 0.75 and rates.min() < 0.05 and rates.mean().item() == pytest.approx(0.25, abs=0.04)
+    assert model_loss(model, x, y, gen(3), 0, dict(settings, input_mask_weight=0.0))[1] == {}

@@ -36,6 +36,8 @@ CASES = [
     # train.py: sizes, counts, rates and probabilities
     ('train.py', ['--batch_size=0'], 'batch_size must be an integer >= 1, not 0: e.g. --batch_size=12 (the default)'),
     ('train.py', ['--learning_rate=-0.001'], 'learning_rate must be >= 0, not -0.001'),
+    ('train.py', ['--model_type=diffusion', '--input_mask_weight=0.4'], 'input_mask_weight=0.4 trains an AR model from scratch'),
+    ('train.py', ['--input_mask_rate=1.5'], 'input_mask_rate must be'),
     ('train.py', ['--warmup_iters=100', '--lr_decay_iters=50'], 'lr_decay_iters=50 must be greater than warmup_iters=100'),
     ('train.py', ['--mask_rate_min=0.6', '--mask_rate_max=0.4'], 'mask_rate_min=0.6 must be below mask_rate_max=0.4'),
     # train.py: model shapes (model.py's checks)
@@ -43,9 +45,6 @@ CASES = [
     ('train.py', ['--pos_encoding=rope', '--n_embd=30'], "pos_encoding='rope' needs an even head size"),
     ('train.py', ['--dropout=1.0'], 'dropout must be in [0, 1), not 1.0'),
     ('train.py', ['--model_type=diffusion', '--diffusion_block=5'], 'diffusion_block=5 does not divide block_size=32'),
-    ('train.py', ['--model_type=diffusion', '--diffusion_block=8', '--time_conditioning=True'],
-     'time_conditioning does not go with block diffusion'),
-    ('train.py', ['--embedding_init_std=1.0'], 'embedding_init_std=1.0 needs tie_embeddings=False'),
     # train.py: named options
     ('train.py', ['--loss_type=ebo'], "loss_type must be 'seed' or 'elbo', not 'ebo': did you mean --loss_type=elbo?"),
     ('train.py', ['--loss_weighting=mean'], "loss_weighting must be 'elbo' or 'token_mean'"),
@@ -67,12 +66,13 @@ CASES = [
     # generate_diffusion.py
     ('generate_diffusion.py', ['--out_dir={diff}', '--proofread='], '--proofread is empty'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--start=FILE:{latin1}'], '--start: {latin1} is not UTF-8 text (byte 2)'),
-    ('generate_diffusion.py', ['--out_dir={diff}', '--commit=greedy'], "commit must be 'schedule', 'threshold' or 'entropy'"),
-    ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=refine', '--commit=threshold'], '--commit works with the confidence sampler'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--commit=greedy'], "unknown commit 'greedy' (use 'schedule', 'threshold')"),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=refine', '--commit=threshold'],
+     '--commit works with --sampler=confidence, not --sampler=refine'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--sampler=confidence', '--commit=threshold', '--threshold=0'],
      'threshold must be in (0, 1], not 0.0'),
-    ('generate_diffusion.py', ['--out_dir={diff}', '--entropy_budget=0'], 'entropy_budget must be > 0'),
-    ('generate_diffusion.py', ['--out_dir={diff}', '--commit=entropy', '--order=random'], 'does not go with --order'),
+    ('generate_diffusion.py', ['--out_dir={diff}', '--commit=threshold', '--order=random'],
+     "commit='threshold' picks the surest proposals itself: it does not go with order='random'"),
     ('generate_diffusion.py', ['--out_dir={diff}', '--start=the king', '--length=8'], 'length 8 leaves nothing to write'),
     ('generate_diffusion.py', ['--out_dir={diff}', '--output={tmp}/no/such/folder/s.txt'], 'folder {tmp}/no/such/folder does not exist'),
     # generate_diffusion.py: the files of a BPE dataset, damaged, or prepared again after the model was trained

@@ -13,8 +13,9 @@ import torch
 
 import diffusion
 import loading
+import sampling
 from conftest import ROOT, _env
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, KVCache
 from test_errors import one_line_error
 from test_train import ckpt, iter_lines
 
@@ -92,13 +93,15 @@ def test_bfloat16_sampling_keeps_the_invariants(block, sampler):
     x = torch.full((3, 40), 10)
     x[:, :5] = torch.arange(5)
     with torch.amp.autocast('cpu', dtype=torch.bfloat16):
-        logits = diffusion.denoiser_logits(model, x[:, :32])
-        fn, kw = {'refine': (diffusion.refine_sample, dict(max_steps=6)),
-                  'confidence': (diffusion.confidence_sample, dict(steps=6, remask='wrong'))}[sampler]
-        out, passes = diffusion.generate(model, x, fn, generator=torch.Generator().manual_seed(0), **kw)
+        logits = sampling.denoiser_logits(model, x[:, :32])
+        fn, kw = {'refine': (sampling.refine_sample, dict(max_steps=6)),
+                  'confidence': (sampling.confidence_sample, dict(steps=6))}[sampler]
+        out, passes = sampling.generate(model, x, fn, generator=torch.Generator().manual_seed(0), **kw)
     assert logits.dtype == torch.float32
+    pos = torch.arange(32) # a block model's samplers see the text block-causally
+    mask = sampling.block_causal_mask(pos, pos, block) if block else None
     with torch.amp.autocast('cpu', dtype=torch.bfloat16):
-        unbiased, _ = model(x[:, :32])
+        unbiased, _ = model(x[:, :32], attn_mask=mask)
     assert torch.equal(logits[..., 10] - unbiased[..., 10], torch.full_like(logits[..., 10], 1.2345))
     assert torch.equal(logits[..., :10], unbiased[..., :10])
     assert torch.equal(out[:, :5], x[:, :5]) and out.max() < 10 and out.min() >= 0 and passes > 0
@@ -119,14 +122,22 @@ def test_bfloat16_ar_generation_with_cache_matches_without():
 # no host syncs in the hot paths
 
 def test_forward_and_forbid_make_no_tensor_from_host_data(monkeypatch):
-    """GPT.forward and diffusion.forbid build their masks on the device: on a GPU, torch.tensor()
-    of a Python value, or indexing with a Python list, is a blocking copy at every pass."""
+    """GPT.forward, the masks of training and sampling and diffusion.forbid are built on the device:
+    on a GPU, torch.tensor() of a Python value, or indexing with a Python list, is a blocking copy
+    at every pass."""
     model = tiny_diffusion(8)
     x = torch.randint(0, 12, (2, 32))
+    ar = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=12)).eval()
     made = []
     real = torch.tensor
     monkeypatch.setattr(torch, 'tensor', lambda *a, **k: made.append(a) or real(*a, **k))
-    logits, _ = model(x, clean=x)
+    logits = diffusion.denoise(model, x, x) # the two-stream pass
+    sampling.denoiser_logits(model, x) # block-causal, with the [MASK] bias
+    cache = KVCache()
+    sampling.denoiser_logits(model, x[:, 8:16], {'cache': cache, 'offset': 8, 'pending': x[:, :8]})
+    cache = KVCache()
+    ar(x[:, :4], kv_cache=cache) # AR with a cache
+    ar(x[:, 4:7], x[:, 4:7], kv_cache=cache) # several new tokens after the cache: causal_mask
     words = diffusion.forbid(logits, 10, 11)
     assert made == []
     assert torch.isinf(words[..., 10:]).all() and torch.equal(words[..., :10], logits[..., :10])

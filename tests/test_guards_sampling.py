@@ -1,8 +1,7 @@
 """What the samplers write, pass by pass, with a stand-in model whose logits are known: the
-positions each order and commit rule commits, the [WRONG] paths (remask='wrong',
-'low_confidence', refine_sample), the noise level a time-conditioned model is fed, the
-windows and KV cache of generate() when the context slides, and the proofreading mode of
-generate_diffusion.py."""
+positions each order and commit rule commits, the [WRONG] path of refine_sample, what the
+evaluations mask, the windows and KV cache of generate() when the context slides, and the
+proofreading mode of generate_diffusion.py."""
 import re
 import runpy
 import sys
@@ -14,6 +13,7 @@ import torch
 
 import diffusion
 import loading
+import sampling
 from conftest import ROOT
 from model import GPT, GPTConfig
 
@@ -21,16 +21,16 @@ V = 10 # base vocabulary
 MASK, WRONG = V, V + 1
 # the logit of the word proposed at positions 0..7 (word j % V at position j): the surest proposal
 # is at 5, then 1, 3, 7, 4, 0, 2, 6. Confidence e^s / (e^s + 9): 0.997, 0.978, 0.943, 0.859, 0.691,
-# 0.451, 0.332, 0.232; entropy over the words: 0.027, 0.153, 0.345, 0.719, 1.299, 1.895, 2.103, 2.229
+# 0.451, 0.332, 0.232
 WORD = [2.0, 6.0, 1.5, 5.0, 3.0, 8.0, 1.0, 4.0]
 FIXED = (1, 5) # the fixed tokens of the second row: its two surest positions
 
 
 class Denoiser(torch.nn.Module):
-    """A diffusion model with known logits. At absolute position j (pos_offset + index): the
-    word j % V has logit word[j] and every other word 0; [MASK] has logit defer[j]; [WRONG]
-    has logit doubt[j] where the input is a written token, and -30 at a [MASK]. It records
-    the input and the noise level of every pass."""
+    """A diffusion model with known logits. At absolute position j (pos, by default right after
+    the cached ones): the word j % V has logit word[j] and every other word 0; [MASK] has logit
+    defer[j]; [WRONG] has logit doubt[j] where the input is a written token, and -30 at a [MASK].
+    It records the input of every pass."""
 
     def __init__(self, word=WORD, defer=None, doubt=None):
         super().__init__()
@@ -42,13 +42,14 @@ class Denoiser(torch.nn.Module):
                                       block_size=n, diffusion_block=0)
         self.denoising_block = None # a full-sequence model: generate() gives it no cache
         self.register_buffer('mask_logit_bias', torch.tensor(0.0)) # the samplers add it to defer
-        self.inputs, self.noise_levels = [], []
+        self.inputs = []
 
-    def forward(self, idx, noise_level=None, kv_cache=None, pos_offset=0, store=None, clean=None):
+    def forward(self, idx, targets=None, kv_cache=None, attn_mask=None, pos=None):
         self.inputs.append(idx.clone())
-        self.noise_levels.append(noise_level.clone())
         B, t = idx.shape
-        pos = torch.arange(pos_offset, pos_offset + t)
+        if pos is None:
+            cached = 0 if kv_cache is None else kv_cache.length
+            pos = torch.arange(cached, cached + t)
         logits = torch.zeros(B, t, V + 2)
         logits[:, torch.arange(t), pos % V] = self.word[pos]
         logits[..., MASK] = self.defer[pos]
@@ -103,7 +104,7 @@ SCHEDULED = {
 @pytest.mark.parametrize('order, schedule', SCHEDULED)
 def test_scheduled_orders_commit_these_positions(order, schedule):
     x = two_rows()
-    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 4, schedule=schedule,
+    written, tokens, passes = trajectory(sampling.confidence_sample, Denoiser(), x, 4, schedule=schedule,
                                          order=order, temperature=0)
     assert passes == 4
     assert [w[0] for w in written] == cumulative(*SCHEDULED[order, schedule][0])
@@ -113,7 +114,7 @@ def test_scheduled_orders_commit_these_positions(order, schedule):
 
 def test_default_commits_the_surest_first():
     """The defaults: order 'confidence' on a cosine schedule."""
-    written, tokens, _ = trajectory(diffusion.confidence_sample, Denoiser(), two_rows(), 4, temperature=0)
+    written, tokens, _ = trajectory(sampling.confidence_sample, Denoiser(), two_rows(), 4, temperature=0)
     assert [w[0] for w in written] == cumulative(*SCHEDULED['confidence', 'cosine'][0])
     assert [w[1] for w in written] == cumulative(*SCHEDULED['confidence', 'cosine'][1])
 
@@ -125,7 +126,7 @@ def test_random_order_ignores_the_confidence():
     x[400:, list(FIXED)] = 9
     def first_pass(seed):
         states = []
-        diffusion.confidence_sample(Denoiser(), x, 4, schedule='linear', order='random', temperature=0,
+        sampling.confidence_sample(Denoiser(), x, 4, schedule='linear', order='random', temperature=0,
                                     generator=torch.Generator().manual_seed(seed), on_step=lambda step, t: states.append(t))
         return (states[0] != MASK) & (x == MASK)
     first = first_pass(0)
@@ -148,7 +149,7 @@ ORDERS = ['confidence', 'random', 'left_to_right']
 def test_threshold_commits_the_sure_proposals_or_the_surest(order):
     # above 0.9: positions 5, 1, 3 (row 1: only 3); then the surest one per pass
     x = two_rows()
-    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 10, commit='threshold',
+    written, tokens, passes = trajectory(sampling.confidence_sample, Denoiser(), x, 10, commit='threshold',
                                          threshold=0.9, order=order, temperature=0,
                                          generator=torch.Generator().manual_seed(0))
     assert passes == 6
@@ -156,60 +157,14 @@ def test_threshold_commits_the_sure_proposals_or_the_surest(order):
     assert [w[1] for w in written] == cumulative({3}, {7}, {4}, {0}, {2}, {6})
     check_words(x, tokens)
     # the cap: whatever is left goes at the last allowed pass
-    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 3, commit='threshold',
+    written, tokens, passes = trajectory(sampling.confidence_sample, Denoiser(), x, 3, commit='threshold',
                                          threshold=0.9, order=order, temperature=0)
     assert passes == 3 and [w[0] for w in written] == cumulative({5, 1, 3}, {7}, {4, 0, 2, 6})
     check_words(x, tokens)
 
 
-@pytest.mark.parametrize('order', ORDERS)
-def test_entropy_commits_the_lowest_entropies_within_the_budget(order):
-    x = two_rows()
-    # budget 2 nats: 0.027 + 0.153 + 0.345 + 0.719 = 1.24 fits, + 1.299 does not; then one by one
-    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 10, commit='entropy',
-                                         entropy_budget=2.0, order=order, temperature=0,
-                                         generator=torch.Generator().manual_seed(0))
-    assert passes == 5
-    assert [w[0] for w in written] == cumulative({5, 1, 3, 7}, {4}, {0}, {2}, {6})
-    assert [w[1] for w in written] == cumulative({3, 7}, {4}, {0}, {2}, {6}) # 0.345 + 0.719 + 1.299 > 2
-    check_words(x, tokens)
-    # a budget below the lowest entropy left: still one per pass
-    written, _, passes = trajectory(diffusion.confidence_sample, Denoiser(), x, 10, commit='entropy',
-                                    entropy_budget=0.6, order=order, temperature=0)
-    assert passes == 6 and [w[0] for w in written] == cumulative({5, 1, 3}, {7}, {4}, {0}, {2}, {6})
-
-
 # ----------------------------------------------------------------------------
 # [WRONG]: self-correction in the samplers
-
-def test_remask_wrong_sends_doubted_tokens_back():
-    """The model doubts the token at position 5 whenever it is written: it goes back to [MASK]
-    at the next pass and is written again, but never at the last pass, and never when fixed."""
-    doubt, defer = [-30.0] * 8, [-30.0] * 8
-    doubt[5], defer[5] = 20.0, 25.0 # [MASK] is no verdict on a written token: [WRONG] beats every word
-    x = two_rows()
-    written, tokens, passes = trajectory(diffusion.confidence_sample, Denoiser(doubt=doubt, defer=defer), x, 4,
-                                         schedule='linear', remask='wrong', temperature=0)
-    assert passes == 4
-    # pass 2 commits 3 and 7 and sends 5 back; pass 3 writes 5 again (3 of the 5 masked), pass 4 the rest
-    assert [w[0] for w in written] == [{1, 5}, {1, 3, 7}, {0, 1, 3, 4, 5, 7}, set(range(8))]
-    assert [w[1] for w in written] == cumulative({3, 7}, {4, 0}, {2}, {6}) # 5 is fixed: kept
-    check_words(x, tokens)
-
-
-def test_remask_low_confidence_trades_doubted_tokens_for_better_proposals():
-    """ReMDM-like: written tokens compete with the proposals. The token at 5 is doubted once
-    written (its word against [WRONG]: probability ~0), so pass 2 keeps the 4 surest of the
-    written tokens and proposals, which leaves 5 out; pass 3 writes it back."""
-    doubt = [-30.0] * 8
-    doubt[5] = 20.0
-    x = two_rows()
-    written, tokens, _ = trajectory(diffusion.confidence_sample, Denoiser(doubt=doubt), x, 4, schedule='linear',
-                                    remask='low_confidence', temperature=0)
-    assert [w[0] for w in written] == [{1, 5}, {1, 3, 4, 7}, {0, 1, 3, 4, 5, 7}, set(range(8))]
-    assert [w[1] for w in written] == cumulative({3, 7}, {4, 0}, {2}, {6})
-    check_words(x, tokens)
-
 
 def test_refine_defers_at_mask_and_rewrites_at_wrong():
     """Greedy refine: position 2 samples [MASK] (defer) at every step; position 6 is written,
@@ -219,7 +174,7 @@ def test_refine_defers_at_mask_and_rewrites_at_wrong():
     x = two_rows()
     x[1, 6] = 9 # a fixed token the model doubts is kept
     model = Denoiser(defer=defer, doubt=doubt)
-    written, tokens, passes = trajectory(diffusion.refine_sample, model, x, max_steps=4, temperature=0)
+    written, tokens, passes = trajectory(sampling.refine_sample, model, x, max_steps=4, temperature=0)
     assert passes == 5 == len(model.inputs)
     most = {0, 1, 3, 4, 5, 7}
     assert [w[0] for w in written] == [most | {6}, most, most | {6}, most, set(range(8))]
@@ -228,52 +183,20 @@ def test_refine_defers_at_mask_and_rewrites_at_wrong():
 
 
 # ----------------------------------------------------------------------------
-# the noise level fed to a time-conditioned model: the fraction of the row still masked
+# the evaluations: what they mask
 
-def test_samplers_feed_the_masked_fraction():
-    model = Denoiser()
-    diffusion.confidence_sample(model, two_rows(), 4, schedule='linear', temperature=0)
-    assert torch.stack(model.noise_levels).T.tolist() == [[1.0, 0.75, 0.5, 0.25], [0.75, 0.5, 0.25, 0.125]]
-    defer = [-30.0] * 8
-    defer[2] = 20.0
-    model = Denoiser(defer=defer)
-    diffusion.refine_sample(model, two_rows(), max_steps=2, temperature=0)
-    assert torch.stack(model.noise_levels).T.tolist() == [[1.0, 0.125, 0.125], [0.75, 0.125, 0.125]]
-    for idx, level in zip(model.inputs, model.noise_levels):
-        assert torch.equal(level, (idx == MASK).float().mean(1))
-
-
-def test_evaluations_feed_their_noise_levels():
+def test_evaluations_mask_what_they_say():
+    """masked_val_loss masks exactly its fraction of every row; elbo_bound feeds the model the
+    mask-only corruption that its generator draws."""
     x = torch.randint(V, (6, 8), generator=torch.Generator().manual_seed(0))
     model = Denoiser()
-    diffusion.masked_val_loss(model, [x], MASK, 0.25, torch.Generator().manual_seed(0))
-    assert model.noise_levels[0].tolist() == [0.25] * 6
-    assert ((model.inputs[0] == MASK).sum(1) == 2).all()
+    diffusion.masked_val_loss(model, [x], 0.25, torch.Generator().manual_seed(0))
+    assert len(model.inputs) == 1 and ((model.inputs[0] == MASK).sum(1) == 2).all()
+    assert torch.equal(model.inputs[0][model.inputs[0] != MASK], x[model.inputs[0] != MASK])
     model = Denoiser()
-    diffusion.elbo_bound(model, [x], MASK, 8, 'linear', torch.Generator().manual_seed(3))
-    m = diffusion.corrupt_mask_only(x, torch.Generator().manual_seed(3), MASK, 'linear')[4]
-    assert torch.equal(model.noise_levels[0], m) # the row's m(t), the expected masked fraction
-
-
-def test_time_conditioned_model_sees_the_masked_fraction():
-    """A real GPT with time conditioning: the sampler's passes equal direct forward passes at
-    the masked fraction of each row."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(model_type='diffusion', n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=V + 2,
-                          mask_token_id=MASK, wrong_token_id=WRONG, pos_encoding='rope', time_conditioning=True)).eval()
-    x = two_rows()
-    seen = []
-    forward = model.forward
-    def recorded(idx, **kwargs):
-        logits, loss = forward(idx, **kwargs)
-        seen.append((idx, logits))
-        return logits, loss
-    model.forward = recorded
-    diffusion.confidence_sample(model, x, 3, temperature=0)
-    for idx, logits in seen:
-        expected, _ = forward(idx, noise_level=(idx == MASK).float().mean(1))
-        assert torch.equal(logits, expected)
-    assert not torch.equal(forward(x, noise_level=torch.zeros(2))[0], forward(x, noise_level=torch.ones(2))[0])
+    diffusion.elbo_bound(model, [x], torch.Generator().manual_seed(3))
+    inputs, _, _ = diffusion.corrupt_mask_only(x, torch.Generator().manual_seed(3), MASK)
+    assert len(model.inputs) == 1 and torch.equal(model.inputs[0], inputs)
 
 
 # ----------------------------------------------------------------------------
@@ -285,7 +208,7 @@ def test_full_sequence_windows_slide_by_half():
     model = Denoiser(word=[float(j % 5 + 1) for j in range(16)])
     x = torch.full((2, 40), MASK)
     spans = []
-    y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=2, temperature=0,
+    y, passes = sampling.generate(model, x, sampling.confidence_sample, steps=2, temperature=0,
                                    on_step=lambda step, tokens, span, cached: spans.append(span))
     assert spans == [(0, 16)] * 2 + [(8, 24)] * 2 + [(16, 32)] * 2 + [(24, 40)] * 2 and passes == 8
     firsts = model.inputs[::2] # the first pass of each window
@@ -307,24 +230,26 @@ def tiny_block_model():
 def test_block_cache_follows_the_sliding_context():
     """75 tokens with blocks of 8 and a context of 32: each block is written seeing the 24
     tokens before it (the last 3 blocks, once the context slides), exactly as an uncached pass
-    over that window computes it; a block costs exactly its sampler's passes."""
+    over that window computes it; a block costs exactly its sampler's passes, and every pass
+    sees the window up to its block: cached keys and new tokens together."""
     model = tiny_block_model()
     x = torch.full((3, 75), MASK)
     x[:, :5] = torch.arange(5)
     x[1, 40:44] = 7
     calls = []
     forward = model.forward
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get('pos_offset', 0))
-        return forward(*args, **kwargs)
+    def counted(idx, targets=None, kv_cache=None, attn_mask=None, pos=None):
+        calls.append(kv_cache.length + idx.size(1)) # the keys this pass attends over
+        return forward(idx, targets, kv_cache, attn_mask, pos)
     model.forward = counted
-    y, passes = diffusion.generate(model, x, diffusion.confidence_sample, steps=3, temperature=0)
+    y, passes = sampling.generate(model, x, sampling.confidence_sample, steps=3, temperature=0)
     model.forward = forward
     assert passes == len(calls) == 3 * 10 # 10 blocks, 3 passes each: the cache rides along
+    assert calls == [min(s + 8, 75) - max(0, s + 8 - 32) for s in range(0, 75, 8) for _ in range(3)]
     reference = x.clone()
     for s in range(0, 75, 8):
         e, window = min(s + 8, 75), max(0, s + 8 - 32)
-        written, _ = diffusion.confidence_sample(model, reference[:, window:e], 3, temperature=0)
+        written, _ = sampling.confidence_sample(model, reference[:, window:e], 3, temperature=0)
         reference[:, s:e] = written[:, s - window:]
     assert torch.equal(y, reference)
 
@@ -358,7 +283,7 @@ def run_generate(monkeypatch, capsys, *args):
 @pytest.mark.parametrize('block, order', [(0, 'random'), (8, 'left_to_right')])
 def test_generate_diffusion_samples_with_the_options_it_names(script_checkpoints, tiny_dataset, tmp_path, monkeypatch,
                                                               capsys, block, order):
-    """order=auto picks `order` for the model; the samples are diffusion.generate's with the
+    """order=auto picks `order` for the model; the samples are sampling.generate's with the
     script's options and seed, and no other order gives them."""
     prompt = ''.join(tiny_dataset[1]['itos'][-2:]) # two letters
     out = run_generate(monkeypatch, capsys, f'--out_dir={script_checkpoints[block]}', f'--start={prompt}', '--length=40',
@@ -370,7 +295,7 @@ def test_generate_diffusion_samples_with_the_options_it_names(script_checkpoints
     model, _ = loading.load_model(str(script_checkpoints[block]), 'cpu', 'diffusion', 'test')
     x = torch.tensor(encode(prompt) + [model.config.mask_token_id] * 38).expand(2, 40)
     def sample(order):
-        return diffusion.generate(model, x, diffusion.confidence_sample, steps=3, schedule='linear', order=order,
+        return sampling.generate(model, x, sampling.confidence_sample, steps=3, schedule='linear', order=order,
                                   temperature=1.0, generator=torch.Generator().manual_seed(1337))[0]
     assert [encode(s) for s in samples] == sample(order).tolist()
     assert all(not torch.equal(sample(other), sample(order)) for other in ORDERS if other != order)
@@ -390,7 +315,7 @@ def test_generate_diffusion_proofread_rewrites_the_flagged_tokens(script_checkpo
         flags = torch.zeros_like(tokens, dtype=torch.bool)
         flags[:, flagged_at] = True
         return flags
-    monkeypatch.setattr(diffusion, 'wrong_flags', flags_at)
+    monkeypatch.setattr(sampling, 'wrong_flags', flags_at)
     out = run_generate(monkeypatch, capsys, f'--out_dir={script_checkpoints[0]}', f'--proofread={text}', '--steps=2',
                        '--num_samples=3', f'--output={tmp_path / "s.txt"}', '--wrong_threshold=0.25')
     assert thresholds == [0.25]
@@ -413,13 +338,13 @@ def test_wrong_flags_by_argmax_or_by_threshold():
     doubt[1], doubt[2] = 10.0, 0.0 # position 1: [WRONG] is the argmax; position 2: a real but outvoted doubt
     model = Denoiser(doubt=doubt.tolist())
     tokens = torch.zeros(1, n, dtype=torch.long)
-    p = diffusion.wrong_probs(model, tokens)[0]
+    p = sampling.wrong_probs(model, tokens)[0]
     words = torch.zeros(V + 1)
     words[:V], words[V] = 0.0, doubt[2] # the logits at position 2 without [MASK]: word 2 % V has WORD[2]
     words[2 % V] = WORD[2]
     assert p[2].item() == pytest.approx(words.softmax(0)[V].item())
-    assert diffusion.wrong_flags(model, tokens)[0].nonzero().flatten().tolist() == [1]
-    assert diffusion.wrong_flags(model, tokens, threshold=p[2].item() / 2)[0].nonzero().flatten().tolist() == [1, 2]
+    assert sampling.wrong_flags(model, tokens)[0].nonzero().flatten().tolist() == [1]
+    assert sampling.wrong_flags(model, tokens, threshold=p[2].item() / 2)[0].nonzero().flatten().tolist() == [1, 2]
     fixed = torch.zeros(1, n, dtype=torch.bool)
     fixed[0, 1] = True
-    assert diffusion.wrong_flags(model, tokens, fixed, threshold=p[2].item() / 2)[0].nonzero().flatten().tolist() == [2]
+    assert sampling.wrong_flags(model, tokens, fixed, threshold=p[2].item() / 2)[0].nonzero().flatten().tolist() == [2]

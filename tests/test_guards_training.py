@@ -12,7 +12,8 @@ import torch
 import diffusion
 import loading
 from metrics import judge_token_nlls
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, KVCache
+from sampling import block_causal_mask
 
 V = 10 # base vocabulary
 MASK, WRONG = V, V + 1
@@ -25,11 +26,11 @@ def test_token_mean_by_hand():
     x = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8], [9, 0, 1, 2]])
     inputs = torch.tensor([[MASK, 2, 3, 4], [MASK, MASK, 7, MASK], [9, 0, 1, 2]])
     logits = torch.randn(3, 4, V + 2, generator=torch.Generator().manual_seed(0)) * 3
-    weight = torch.tensor([7.0, 3.0, 5.0]) # ignored by the token mean
+    t = torch.tensor([0.2, 0.5, 0.7]) # the ELBO's 1/t weights: ignored by the token mean
     ce = [[(torch.logsumexp(logits[b, i, :V].double(), 0) - logits[b, i, x[b, i]]).item() for i in range(4)]
           for b in range(3)]
     rows = [ce[0][0], (ce[1][0] + ce[1][1] + ce[1][3]) / 3, 0.0]
-    loss, stats = diffusion.elbo_loss(logits, inputs, x, weight, MASK, weighting='token_mean')
+    loss, stats = diffusion.elbo_loss(logits, inputs, x, t, MASK, WRONG, weighting='token_mean')
     assert loss.item() == pytest.approx(sum(rows) / 3, rel=1e-5)
     assert stats['loss_unmask'].item() == pytest.approx((ce[0][0] + ce[1][0] + ce[1][1] + ce[1][3]) / 4, rel=1e-5)
 
@@ -45,10 +46,10 @@ def blockwise_logits(model, noisy, clean):
     """Logits of each noisy block seeing the clean blocks before it, from the KV cache."""
     out = []
     for s in range(0, T, BLOCK):
-        cache = [{} for _ in model.transformer.h]
-        if s:
-            model(clean[:, :s], kv_cache=cache)
-        out.append(model(noisy[:, s:s + BLOCK], kv_cache=cache, pos_offset=s, store=0)[0])
+        cache, prefix = KVCache(), torch.arange(s)
+        if s: # the clean blocks before it, block-causally
+            model(clean[:, :s], kv_cache=cache, attn_mask=block_causal_mask(prefix, prefix, BLOCK))
+        out.append(model(noisy[:, s:s + BLOCK], kv_cache=cache)[0])
     return torch.cat(out, 1)
 
 
@@ -65,10 +66,11 @@ def test_block_bound_sees_the_clean_prefix(pos_encoding):
     model = tiny_block_model(pos_encoding)
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(V, (3, T), generator=g) for _ in range(2)]
-    bound = diffusion.elbo_bound(model, batches, MASK, BLOCK, 'linear', torch.Generator().manual_seed(2))
+    bound = diffusion.elbo_bound(model, batches, torch.Generator().manual_seed(2))
     noise, expected = torch.Generator().manual_seed(2), []
     for x in batches:
-        inputs, _, _, weight, _ = diffusion.corrupt_mask_only(diffusion.block_rows(x, BLOCK), noise, MASK, 'linear')
+        inputs, _, t = diffusion.corrupt_mask_only(diffusion.block_rows(x, BLOCK), noise, MASK)
+        weight = 1 / t
         inputs = inputs.view_as(x)
         ce = masked_word_ce(blockwise_logits(model, inputs, x), inputs, x).view(-1, BLOCK).sum(1)
         expected.append((weight.double() * ce).view(3, -1).sum(1).mean() / T)
@@ -81,18 +83,18 @@ def test_val_metrics_is_the_bound_and_the_masked_ce_on_their_seeds():
     model = tiny_block_model()
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(V, (3, T), generator=g) for _ in range(2)]
-    found = diffusion.val_metrics(model, batches, MASK, BLOCK, 'linear', seed=40)
-    assert set(found) == {'masked15', 'masked50', 'masked90', 'bound'}
-    assert found['bound'] == diffusion.elbo_bound(model, batches, MASK, BLOCK, 'linear', torch.Generator().manual_seed(41))
+    found = diffusion.val_metrics(model, batches, seed=40)
+    assert list(found) == list(diffusion.VAL_METRICS) == ['bound', 'masked15', 'masked50', 'masked90']
+    assert found['bound'] == diffusion.elbo_bound(model, batches, torch.Generator().manual_seed(41))
     for fraction in diffusion.VAL_FRACTIONS:
         assert found[f'masked{round(fraction * 100)}'] == diffusion.masked_val_loss(
-            model, batches, MASK, fraction, torch.Generator().manual_seed(42))
+            model, batches, fraction, torch.Generator().manual_seed(42))
 
 
 def test_block_masked_val_loss_sees_the_clean_prefix():
     model = tiny_block_model()
     x = torch.randint(V, (3, T), generator=torch.Generator().manual_seed(1))
-    loss = diffusion.masked_val_loss(model, [x], MASK, 0.5, torch.Generator().manual_seed(2))
+    loss = diffusion.masked_val_loss(model, [x], 0.5, torch.Generator().manual_seed(2))
     inputs = diffusion.corrupt_fixed_fraction(x, torch.Generator().manual_seed(2), MASK, 0.5)
     ce = masked_word_ce(blockwise_logits(model, inputs, x), inputs, x)
     assert loss == pytest.approx((ce.sum() / (T // 2 * 3)).item(), rel=1e-5)
@@ -149,9 +151,9 @@ def seed_val_loss(out_dir, it):
     losses = []
     for _ in range(cfg['eval_iters']):
         x, _ = loading.get_batch(val, cfg['batch_size'], cfg['block_size'], batches, 'cpu')
-        inputs, targets, rate = diffusion.corrupt(x, noise, mask_id, wrong_id, cfg['guaranteed_correct_factor'], remask_ratio)
+        inputs, targets, rate = diffusion.corrupt(x, noise, mask_id, wrong_id, remask_ratio, cfg['mask_rate_min'], cfg['mask_rate_max'])
         with torch.no_grad():
-            logits, _ = model(inputs, noise_level=rate, clean=x)
+            logits = diffusion.denoise(model, inputs, x)
         losses.append(diffusion.task_weighted_loss(logits, inputs, targets, rate, mask_id, wrong_id, cfg['weight_unmask_task'],
                                                    cfg['weight_remask_task'], penalty, cfg['reward_correct_unmask'])[0])
     return torch.stack(losses).mean().item()

@@ -6,8 +6,8 @@ import pytest
 import tiktoken
 import torch
 
-import diffusion
 import loading
+import sampling
 from configurator import UserError
 from model import GPT, GPTConfig
 
@@ -46,7 +46,51 @@ def test_a_checkpoint_with_the_mask_bias_in_model_args_still_loads(tmp_path):
     loaded = loading.model_from_checkpoint(loading.load_checkpoint(str(tmp_path)))
     x = torch.randint(10, (2, 8))
     assert loaded.mask_logit_bias.item() == 1.5
-    assert torch.equal(diffusion.denoiser_logits(loaded, x), diffusion.denoiser_logits(model, x))
+    assert torch.equal(sampling.denoiser_logits(loaded, x), sampling.denoiser_logits(model, x))
+
+
+def old_checkpoint(tmp_path, model_type='diffusion', **retired):
+    """A checkpoint as earlier versions wrote it, whose model_args also carry the retired settings."""
+    torch.manual_seed(0)
+    specials = dict(vocab_size=12, mask_token_id=10, wrong_token_id=11) if model_type == 'diffusion' else dict(vocab_size=10)
+    model = GPT(GPTConfig(model_type=model_type, n_layer=1, n_head=2, n_embd=16, block_size=8, pos_encoding='rope',
+                          **specials)).eval()
+    loading.save_checkpoint({'model': model.state_dict(), 'model_args': dict(asdict(model.config), **retired),
+                             'iter_num': 0, 'config': {}}, str(tmp_path))
+    return model
+
+
+@pytest.mark.parametrize('model_type', ['diffusion', 'gpt2'])
+def test_a_checkpoint_with_the_kept_values_of_retired_settings_still_loads(tmp_path, model_type):
+    """time_conditioning=False, tie_embeddings=True and embedding_init_std=0.02 are the model of today."""
+    model = old_checkpoint(tmp_path, model_type, time_conditioning=False, tie_embeddings=True, embedding_init_std=0.02)
+    loaded = loading.model_from_checkpoint(loading.load_checkpoint(str(tmp_path))).eval()
+    assert loaded.config == model.config
+    assert loaded.transformer.wte.weight is loaded.lm_head.weight
+    x = torch.randint(10, (2, 8))
+    assert torch.equal(loaded(x, x)[0], model(x, x)[0])
+
+
+@pytest.mark.parametrize('retired, named', [
+    (dict(time_conditioning=True), 'time_conditioning=True'),
+    (dict(time_conditioning=True, tie_embeddings=True, embedding_init_std=0.02), 'time_conditioning=True'),
+    (dict(tie_embeddings=False), 'tie_embeddings=False'),
+    (dict(tie_embeddings=False, embedding_init_std=1.0), 'tie_embeddings=False'),
+])
+def test_a_checkpoint_with_another_value_of_a_retired_setting_is_one_clear_error(tmp_path, retired, named):
+    old_checkpoint(tmp_path, **retired)
+    with pytest.raises(UserError) as e:
+        loading.model_from_checkpoint(loading.load_checkpoint(str(tmp_path)))
+    message = str(e.value)
+    assert '\n' not in message
+    assert message.startswith(f"this checkpoint was trained with {named}, which this version no longer has")
+    assert 'retrain it with python train.py' in message
+
+
+def test_a_checkpoint_with_another_embedding_init_std_is_refused(tmp_path):
+    old_checkpoint(tmp_path, embedding_init_std=1.0)
+    with pytest.raises(UserError, match='trained with embedding_init_std=1.0, which this version no longer has'):
+        loading.model_from_checkpoint(loading.load_checkpoint(str(tmp_path)))
 
 
 def test_random_states_continue_on_the_same_setup_and_restart_from_reseed_elsewhere():

@@ -1,12 +1,13 @@
 """Tests for metrics.py: every metric on a tiny input whose answer is known by hand."""
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from metrics import (ar_rewrite, ar_token_probs, char_error_rate, detection_prf, judge_token_nlls, match_entropy,
-                     repetition, substitute_tokens, unigram_entropy)
+                     repetition, sample_metrics, substitute_tokens, tuned_threshold, unigram_entropy, written_chars)
 from model import GPT, GPTConfig
 
 
@@ -198,11 +199,49 @@ def test_substitute_tokens(vocab):
     assert substitute_tokens(x, 0.0, vocab, g)[1].sum() == 0
 
 
-def test_tuned_wrong_threshold_separates_substituted_tokens(monkeypatch):
-    """A detector sure of the substituted tokens (ids >= 5 in text of ids < 5): the F1-best
-    p([WRONG]) threshold lies midway between its two levels."""
-    import metrics
-    monkeypatch.setattr(metrics, 'wrong_probs', lambda model, tokens: torch.where(tokens >= 5, 0.9, 0.2))
-    model = GPT(GPTConfig(block_size=8, vocab_size=12, n_layer=1, n_head=1, n_embd=8, mask_token_id=10, wrong_token_id=11))
+@pytest.mark.parametrize('first', [None, float('inf')])
+def test_tuned_threshold_of_any_detector(first):
+    """A detector sure of the substituted tokens (ids >= 5 in text of ids < 5): the F1-best cutoff lies
+    midway between its two levels, whether the score is 1 - p([WRONG]) of a diffusion model or an AR
+    model's token probability (+inf at the first position, which has no text before it: never flagged)."""
     batches = [torch.randint(0, 5, (4, 40), generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    assert metrics.tuned_wrong_threshold(model, batches, 0.1, torch.Generator().manual_seed(0)) == pytest.approx(0.55)
+    seen = []
+
+    def score(tokens):
+        seen.append(tokens)
+        scores = torch.where(tokens >= 5, 0.1, 0.8)
+        return scores if first is None else torch.cat([torch.full_like(scores[:, :1], first), scores[:, 1:]], 1)
+
+    threshold = tuned_threshold(score, batches, 0.1, 10, torch.Generator().manual_seed(0))
+    assert threshold == pytest.approx(0.45)
+    # the detector saw the batches corrupted by substitute_tokens, one after the other with the generator
+    g = torch.Generator().manual_seed(0)
+    corrupted = [substitute_tokens(x, 0.1, 10, g)[0] for x in batches]
+    assert len(seen) == len(batches) and all(torch.equal(a, b) for a, b in zip(seen, corrupted))
+    if first is not None:
+        assert not (torch.cat([score(tokens) for tokens in corrupted]) < threshold)[:, 0].any()
+
+
+def test_sample_metrics_by_hand():
+    """Char samples under the bigram judge: its NLL of the text as written, or with the characters the judge
+    has no token for dropped (and counted); entropy and repetition of the generator's tokens; the newline
+    share, the characters written after the given first one, and the first sample."""
+    itos = 'ab\ncd'
+    decode = lambda ids: ''.join(itos[i] for i in ids)
+    encode = lambda text: [itos.index(c) for c in text]
+    tokens = torch.tensor([[0, 1, 2, 3, 0], [3, 3, 4, 0, 1]])
+    judge = BigramJudge(5, 3)
+    found = sample_metrics(tokens, decode, judge, encode, decode, repetition_n=2)
+    assert found['nll'] == pytest.approx(bigram_nll_by_hand(tokens.tolist(), 5), rel=1e-6)
+    assert (found['entropy'], found['rep']) == (unigram_entropy(tokens), repetition(tokens, 2))
+    assert (found['newlines'], found['chars'], found['text'], found['unknown']) == (1 / 10, 4, 'ab\nca', 0)
+    dropped = sample_metrics(tokens, decode, judge, encode, decode, repetition_n=2, unknown=re.compile('[d]'))
+    assert dropped['unknown'] == 1 and dropped['entropy'] == found['entropy'] # the generator's tokens stay
+    stripped = [[0, 1, 2, 3, 0], [3, 3, 0, 1]] # 'ccdab' without its 'd'
+    assert dropped['nll'] == pytest.approx(bigram_nll_by_hand(stripped, 5), rel=1e-6)
+
+
+def test_written_chars_leaves_out_the_first_token():
+    pieces = ['the ', 'a', 'cat', '\n']
+    decode = lambda ids: ''.join(pieces[i] for i in ids)
+    assert written_chars(torch.tensor([[0, 2, 3], [1, 0, 2]]), decode) == len('cat\n') + len('the cat')

@@ -1,4 +1,4 @@
-"""Tests for the samplers of diffusion.py and for generate_diffusion.py and sample.py.
+"""Tests for the samplers of sampling.py and for generate_diffusion.py and sample.py.
 CPU only, tiny random models; the scripts mostly run in-process (runpy), and in a
 subprocess where the one-line error of the excepthook is what is tested."""
 import json
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-import diffusion
 import loading
+import sampling
 from configurator import UserError
 from model import GPT, GPTConfig
 
@@ -25,11 +25,11 @@ V = 10 # base vocabulary of the sampler tests
 MASK, WRONG = V, V + 1
 
 
-def tiny(seed=0, model_type='diffusion', vocab=V, mask_logit_bias=0.0, time_conditioning=False, diffusion_block=0):
+def tiny(seed=0, model_type='diffusion', vocab=V, mask_logit_bias=0.0, diffusion_block=0):
     torch.manual_seed(seed)
     specials = dict(vocab_size=vocab + 2, mask_token_id=vocab, wrong_token_id=vocab + 1) if model_type == 'diffusion' else dict(vocab_size=vocab)
     config = GPTConfig(model_type=model_type, n_layer=1, n_head=2, n_embd=32, block_size=32, pos_encoding='rope',
-                       time_conditioning=time_conditioning, diffusion_block=diffusion_block, **specials)
+                       diffusion_block=diffusion_block, **specials)
     model = GPT(config).eval()
     model.mask_logit_bias.fill_(mask_logit_bias)
     return model
@@ -38,8 +38,8 @@ def tiny(seed=0, model_type='diffusion', vocab=V, mask_logit_bias=0.0, time_cond
 def nudge(model, column, value, positions=slice(None)):
     """Add value to one logit column (at some positions) of every forward pass."""
     forward = model.forward
-    def biased(idx, **kwargs):
-        logits, loss = forward(idx, **kwargs)
+    def biased(idx, targets=None, kv_cache=None, attn_mask=None, pos=None):
+        logits, loss = forward(idx, targets, kv_cache, attn_mask, pos)
         bias = torch.zeros_like(logits)
         bias[:, positions, column] = value
         return logits + bias, loss
@@ -50,8 +50,8 @@ def nudge(model, column, value, positions=slice(None)):
 def flag_every_token(model):
     """Make the model call every token [WRONG], and never sample [WRONG] at a mask."""
     forward = model.forward
-    def flagging(idx, **kwargs):
-        logits, loss = forward(idx, **kwargs)
+    def flagging(idx, targets=None, kv_cache=None, attn_mask=None, pos=None):
+        logits, loss = forward(idx, targets, kv_cache, attn_mask, pos)
         wrong = torch.where(idx != MASK, 50.0, -50.0)[..., None]
         return torch.where(torch.arange(logits.size(-1)) == WRONG, wrong, logits), loss
     model.forward = flagging
@@ -77,17 +77,17 @@ def start(batch=3, T=32):
 
 
 SAMPLERS = {
-    'refine': lambda model, x, **kw: diffusion.refine_sample(model, x, max_steps=8, **kw),
-    'confidence': lambda model, x, **kw: diffusion.confidence_sample(model, x, steps=6, **kw),
-    'confidence_linear': lambda model, x, **kw: diffusion.confidence_sample(model, x, steps=6, schedule='linear', **kw),
-    'confidence_wrong': lambda model, x, **kw: diffusion.confidence_sample(model, x, steps=6, remask='wrong', **kw),
-    'confidence_low_conf': lambda model, x, **kw: diffusion.confidence_sample(model, x, steps=6, remask='low_confidence', **kw),
+    'refine': lambda model, x, **kw: sampling.refine_sample(model, x, max_steps=8, **kw),
+    'confidence': lambda model, x, **kw: sampling.confidence_sample(model, x, steps=6, **kw),
+    'confidence_linear': lambda model, x, **kw: sampling.confidence_sample(model, x, steps=6, schedule='linear', **kw),
+    'confidence_random': lambda model, x, **kw: sampling.confidence_sample(model, x, steps=6, order='random', **kw),
+    'confidence_left_to_right': lambda model, x, **kw: sampling.confidence_sample(model, x, steps=6, order='left_to_right', **kw),
+    'confidence_threshold': lambda model, x, **kw: sampling.confidence_sample(model, x, steps=6, commit='threshold', **kw),
 }
 MODELS = {
     'random': lambda: tiny(),
     'defers': lambda: tiny(mask_logit_bias=3.0), # often samples [MASK]
     'doubts': lambda: nudge(tiny(), WRONG, 3.0), # often flags tokens as [WRONG]
-    'time': lambda: tiny(time_conditioning=True),
 }
 
 
@@ -102,12 +102,11 @@ def test_no_specials_and_fixed_positions_kept(sampler, model_name):
     assert torch.equal(y[fixed], x[fixed])
 
 
-@pytest.mark.parametrize('remask', ['none', 'wrong', 'low_confidence'])
 @pytest.mark.parametrize('steps', [1, 3, 7])
-def test_confidence_forward_pass_budget(steps, remask):
-    model = count_passes(nudge(tiny(), WRONG, 20.0)) # flags every written token: remasking at its worst
-    y, passes = diffusion.confidence_sample(model, start(), steps, remask=remask, generator=torch.Generator().manual_seed(0))
-    assert passes == model.passes <= steps + 1
+def test_confidence_forward_pass_budget(steps):
+    model = count_passes(nudge(tiny(), WRONG, 20.0)) # flags every written token: [WRONG] must still never be written
+    y, passes = sampling.confidence_sample(model, start(), steps, generator=torch.Generator().manual_seed(0))
+    assert passes == model.passes == steps # on the schedule: exactly `steps` passes
     assert not ((y == MASK) | (y == WRONG)).any()
 
 
@@ -115,22 +114,12 @@ def test_confidence_commits_along_the_schedule():
     x = torch.full((2, 32), MASK)
     x[1, :16] = 3 # row 1 has half as many masks
     masked_after = []
-    diffusion.confidence_sample(tiny(), x, 4, schedule='linear', temperature=0,
+    sampling.confidence_sample(tiny(), x, 4, schedule='linear', temperature=0,
                                 on_step=lambda step, t: masked_after.append((t == MASK).sum(1).tolist()))
     assert masked_after == [[24, 12], [16, 8], [8, 4], [0, 0]]
 
 
-@pytest.mark.parametrize('remask', ['wrong', 'low_confidence'])
-def test_confidence_remasks_doubted_tokens(remask):
-    states = []
-    y, passes = diffusion.confidence_sample(flag_every_token(tiny()), start(), 4, remask=remask,
-                                            on_step=lambda step, t: states.append(t))
-    fixed = start() != MASK
-    remasked = (states[0] != MASK) & (states[1] == MASK) & ~fixed
-    assert remasked.any() and passes == 4 and not ((y == MASK) | (y == WRONG)).any()
-
-
-@pytest.mark.parametrize('sampler', SAMPLERS)
+@pytest.mark.parametrize('sampler', [s for s in SAMPLERS if s != 'confidence_random']) # a random order is the generator's
 def test_temperature_zero_is_deterministic(sampler):
     model = tiny()
     a, _ = SAMPLERS[sampler](model, start(), temperature=0, generator=torch.Generator().manual_seed(1))
@@ -149,14 +138,14 @@ def test_seed_decides_the_sample(sampler):
 def test_refine_stops_at_max_steps_when_the_model_always_defers():
     model = count_passes(tiny(mask_logit_bias=50.0))
     seen = []
-    y, passes = diffusion.refine_sample(model, start(), max_steps=5, on_step=lambda step, t: seen.append(step))
+    y, passes = sampling.refine_sample(model, start(), max_steps=5, on_step=lambda step, t: seen.append(step))
     assert passes == model.passes == 6 and seen == [1, 2, 3, 4, 5, 6] # 5 steps, then the final fill
     assert not ((y == MASK) | (y == WRONG)).any()
 
 
 def test_refine_treats_wrong_at_a_mask_as_defer():
     states = []
-    y, passes = diffusion.refine_sample(nudge(tiny(), WRONG, 20.0), start(), max_steps=3, on_step=lambda step, t: states.append(t))
+    y, passes = sampling.refine_sample(nudge(tiny(), WRONG, 20.0), start(), max_steps=3, on_step=lambda step, t: states.append(t))
     assert passes == 4 and all(torch.equal(s, start()) for s in states[:3]) # never written, never [WRONG]
     assert not ((y == MASK) | (y == WRONG)).any()
 
@@ -164,7 +153,7 @@ def test_refine_treats_wrong_at_a_mask_as_defer():
 def test_refine_sends_flagged_tokens_back_to_mask():
     model = flag_every_token(nudge(tiny(mask_logit_bias=-50.0), MASK, 100.0, positions=-1)) # writes all but the last at once
     states = []
-    y, passes = diffusion.refine_sample(model, start(), max_steps=2, on_step=lambda step, t: states.append(t))
+    y, passes = sampling.refine_sample(model, start(), max_steps=2, on_step=lambda step, t: states.append(t))
     fixed = start() != MASK
     assert torch.equal(states[0] == MASK, torch.arange(32).expand(3, 32) == 31) # step 1 writes all but the last
     assert torch.equal(states[1] == MASK, ~fixed) # step 2 flags every written token, never a fixed one
@@ -173,21 +162,21 @@ def test_refine_sends_flagged_tokens_back_to_mask():
 
 def test_filter_logits():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
-    greedy = diffusion.filter_logits(logits, 0)
+    greedy = sampling.filter_logits(logits, 0)
     assert greedy.argmax(-1).item() == 1 and torch.isinf(greedy).sum() == 3
-    assert torch.isinf(diffusion.filter_logits(logits, 1.0, top_k=2)).tolist() == [[True, False, False, True]]
-    assert torch.isinf(diffusion.filter_logits(logits, 1.0, top_p=0.5)).tolist() == [[True, False, True, True]]
-    assert torch.allclose(diffusion.filter_logits(logits, 2.0), logits / 2)
+    assert torch.isinf(sampling.filter_logits(logits, 1.0, top_k=2)).tolist() == [[True, False, False, True]]
+    assert torch.isinf(sampling.filter_logits(logits, 1.0, top_p=0.5)).tolist() == [[True, False, True, True]]
+    assert torch.allclose(sampling.filter_logits(logits, 2.0), logits / 2)
 
 
 def test_wrong_flags_respect_fixed():
     tokens = torch.randint(0, V, (2, 32), generator=torch.Generator().manual_seed(0))
-    assert not diffusion.wrong_flags(nudge(tiny(), WRONG, -20.0), tokens).any()
+    assert not sampling.wrong_flags(nudge(tiny(), WRONG, -20.0), tokens).any()
     doubting = nudge(tiny(), WRONG, 20.0)
-    assert diffusion.wrong_flags(doubting, tokens).all()
+    assert sampling.wrong_flags(doubting, tokens).all()
     fixed = torch.zeros(2, 32, dtype=torch.bool)
     fixed[:, :5] = True
-    assert torch.equal(diffusion.wrong_flags(doubting, tokens, fixed), ~fixed)
+    assert torch.equal(sampling.wrong_flags(doubting, tokens, fixed), ~fixed)
 
 
 def test_proofread_rewrites_only_flagged_positions():
@@ -195,7 +184,7 @@ def test_proofread_rewrites_only_flagged_positions():
     model = count_passes(nudge(tiny(), WRONG, 20.0, positions=slice(0, None, 2))) # doubts the even positions
     fixed = torch.zeros(2, 32, dtype=torch.bool)
     fixed[:, :4] = True
-    flags, corrected, passes = diffusion.proofread(model, tokens, 4, fixed, temperature=0)
+    flags, corrected, passes = sampling.proofread(model, tokens, 4, fixed, temperature=0)
     expected = torch.zeros(32, dtype=torch.bool)
     expected[4::2] = True
     assert torch.equal(flags, expected.expand(2, 32))
@@ -269,7 +258,8 @@ def test_generate_prefix(checkpoints, monkeypatch, capsys, tmp_path):
 def test_generate_template_and_trajectory(checkpoints, monkeypatch, capsys, tmp_path, sampler):
     page = tmp_path / 't.html'
     out = run_script(monkeypatch, capsys, 'generate_diffusion.py', f'--out_dir={checkpoints["diffusion"]}', '--device=cpu',
-                     '--template=romeo:[MASK*6]\\njuliet:[MASK]x', f'--sampler={sampler}', '--max_steps=4', '--steps=3',
+                     '--template=romeo:[MASK*6]\\njuliet:[MASK]x', f'--sampler={sampler}',
+                     '--max_steps=4' if sampler == 'refine' else '--steps=3', # each sampler takes only its own options
                      '--num_samples=2', f'--trajectory={page}', f'--output={tmp_path / "s.txt"}', '--show_steps=True')
     for s in read_samples(tmp_path / 's.txt'):
         assert len(s) == 22 and s.startswith('romeo:') and s[12:20] == '\njuliet:' and s[-1] == 'x'
@@ -291,8 +281,8 @@ def test_generate_text_longer_than_block_size(checkpoints, monkeypatch, capsys, 
     full-sequence model window by window; the page shows which positions are written and cached."""
     page = tmp_path / 't.html'
     out = run_script(monkeypatch, capsys, 'generate_diffusion.py', f'--out_dir={checkpoints[kind]}', '--device=cpu',
-                     '--start=ab', '--length=90', f'--sampler={sampler}', '--steps=3', '--max_steps=3',
-                     *(['--commit=threshold'] if sampler == 'confidence' else []),
+                     '--start=ab', '--length=90', f'--sampler={sampler}',
+                     *(['--steps=3', '--commit=threshold'] if sampler == 'confidence' else ['--max_steps=3']),
                      '--num_samples=2', f'--trajectory={page}', f'--output={tmp_path / "s.txt"}', '--show_steps=True')
     samples = read_samples(tmp_path / 's.txt')
     assert len(samples) == 2 and all(len(s) == 90 and s.startswith('ab') and set(s) <= set(CHARS) for s in samples)
@@ -336,8 +326,9 @@ def test_generate_proofread_without_val_data_says_what_to_do(checkpoints, monkey
     (['--template=abc[MASK*0]'], 'nothing to fill in'),
     (['--start=FILE:/nonexistent/prompt.txt'], 'no file at /nonexistent/prompt.txt'),
     (['--proofread=' + 'a' * 40], 'proofread it in parts'),
-    (['--sampler=refine', '--remask=wrong'], 'works with the confidence sampler'),
-    (['--sampler=refine', '--order=random'], 'works with the confidence sampler'),
+    (['--sampler=refine', '--order=random'], '--order works with --sampler=confidence, not --sampler=refine'),
+    (['--sampler=confidence', '--max_steps=4'], '--max_steps works with --sampler=refine, not --sampler=confidence'),
+    (['--sampler=speculative', '--commit=threshold'], '--commit works with --sampler=confidence, not --sampler=speculative'),
     (['--trajectory=t.txt'], 'ending in .html'),
 ])
 def test_generate_user_errors(checkpoints, monkeypatch, capsys, args, message):

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 import diffusion
+import sampling
+from diffusion import two_stream_mask
 from loading import load_checkpoint, model_from_checkpoint, save_checkpoint
-from model import GPT, GPTConfig, block_causal_mask, draft_verify_mask, two_stream_mask
+from model import GPT, GPTConfig, KVCache, causal_mask
+from sampling import block_causal_mask, draft_verify_mask
 from test_train import one_line_error
 
 ROOT = diffusion.__file__.rsplit('/', 1)[0]
@@ -41,8 +44,8 @@ def ar_probabilities(model, prompt, n, temperature=1.0, top_k=None):
     by enumeration, with the temperature and top_k the sampler applies."""
     V = model.config.mask_token_id
     seqs = torch.tensor([[*prompt, *s] for s in itertools.product(range(V), repeat=n)])
-    logits, _ = model(seqs, ar=True)
-    probs = diffusion.sampling_probs(logits[:, len(prompt) - 1:-1], V, temperature, top_k, None)
+    logits, _ = model(seqs, attn_mask=causal_mask(seqs.size(1), 0, seqs.device))
+    probs = sampling.sampling_probs(logits[:, len(prompt) - 1:-1], V, temperature, top_k, None)
     return probs.gather(-1, seqs[:, len(prompt):, None]).squeeze(-1).prod(1)
 
 
@@ -52,7 +55,7 @@ def empirical(y, prompt, n, V):
 
 
 def sample(model, x, seed=0, **kwargs):
-    return diffusion.generate(model, x, diffusion.speculative_sample, generator=torch.Generator().manual_seed(seed), **kwargs)
+    return sampling.generate(model, x, sampling.speculative_sample, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -69,37 +72,43 @@ def test_causal_clean_two_stream_mask():
 
 
 def test_draft_verify_mask():
-    m = draft_verify_mask(2, 3, 2, 5, 'cpu') # 5 cached, 2 pending, a block of 3, two copies
-    assert m.shape == (2 + 3 + 6, 5 + 2 + 3 + 6)
+    m = draft_verify_mask(2, 3, 5, 'cpu') # 5 cached, 2 pending, a block of 3, its noisy copy
+    assert m.shape == (2 + 3 + 3, 5 + 2 + 3 + 3)
     assert m[:, :5].all() # everything sees the cache
     assert torch.equal(m[:5, 5:10], torch.ones(5, 5, dtype=torch.bool).tril()) and not m[:5, 10:].any()
-    for c in range(2):
-        rows = slice(5 + 3 * c, 8 + 3 * c)
-        assert m[rows, 5:7].all() and not m[rows, 7:10].any() # the pending tokens, not the block's clean ones
-        assert m[rows, 10 + 3 * c:13 + 3 * c].all() and m[rows, 10:].sum() == 9 # itself, not the other copy
+    copy = slice(5, 8)
+    assert m[copy, 5:7].all() and not m[copy, 7:10].any() # the pending tokens, not the block's clean ones
+    assert m[copy, 10:].all() # itself, bidirectionally
 
 
 def test_clean_stream_is_the_ar_mode_and_copies_are_noisy_blocks():
     """One speculative pass gives the clean tokens the logits of the AR mode (uncached, and
-    through the KV cache) and each copy those of the training pass's noisy block."""
+    through the KV cache) and the copy those of the training pass's noisy block; cropped back,
+    the cache holds the finished tokens as the AR mode computes them."""
     model = tiny(V=6)
     g = torch.Generator().manual_seed(1)
     clean = torch.randint(6, (2, 8), generator=g)
-    copies = torch.where(torch.rand(2, 2, 4, generator=g) < 0.5, 6, clean[:, None, 4:])
-    ar, _ = model(clean, ar=True)
-    two_stream, _ = model(clean, clean=clean, both_streams=True)
+    copy = torch.where(torch.rand(2, 4, generator=g) < 0.5, 6, clean[:, 4:]) # the second block, partly masked
+    ar, _ = model(clean, attn_mask=causal_mask(8, 0, 'cpu'))
+    two_stream = diffusion.denoise(model, clean, clean)
     torch.testing.assert_close(two_stream[:, 8:], ar, rtol=0, atol=1e-5)
-    cache = [{} for _ in model.transformer.h]
-    model(clean[:, :1], kv_cache=cache, ar=True)
-    logits, _ = model(torch.cat([clean[:, 1:], copies.view(2, -1)], 1), kv_cache=cache, pos_offset=1, store=3, copies=2)
-    assert cache[0]['k'].size(2) == 4 # the pending tokens were stored, the block and the copies not
+    cache = KVCache()
+    model(clean[:, :1], kv_cache=cache)
+    # 1 cached, 3 pending (the rest of the first block), the second block, its copy at its positions
+    positions = torch.cat([torch.arange(1, 8), torch.arange(4, 8)])
+    logits, _ = model(torch.cat([clean[:, 1:], copy], 1), kv_cache=cache, pos=positions,
+                      attn_mask=draft_verify_mask(3, 4, 1, 'cpu'))
     torch.testing.assert_close(logits[:, :7], ar[:, 1:], rtol=0, atol=1e-5)
-    for c in range(2):
-        noisy, _ = model(torch.cat([clean[:, :4], copies[:, c]], 1), clean=clean)
-        torch.testing.assert_close(logits[:, 7 + 4 * c:11 + 4 * c], noisy[:, 4:], rtol=0, atol=1e-5)
+    noisy = diffusion.denoise(model, torch.cat([clean[:, :4], copy], 1), clean)
+    torch.testing.assert_close(logits[:, 7:], noisy[:, 4:8], rtol=0, atol=1e-5)
+    cache.crop(4) # the finished first block stays, the block being written and its copy go
+    assert cache.length == 4
+    rest, _ = model(clean[:, 4:], kv_cache=cache, attn_mask=causal_mask(4, 4, 'cpu'))
+    torch.testing.assert_close(rest, ar[:, 4:], rtol=0, atol=1e-5)
     # the cached AR pass, token by token, and AR sampling through it
-    cache = [{} for _ in model.transformer.h]
-    steps = [model(clean[:, i:i + 1], kv_cache=cache, pos_offset=i, ar=True)[0] for i in range(8)]
+    cache = KVCache()
+    steps = [model(clean[:, i:i + 1], kv_cache=cache)[0] for i in range(8)]
+    assert cache.length == 8
     torch.testing.assert_close(torch.cat(steps, 1), ar, rtol=0, atol=1e-5)
     y = model.generate(clean[:, :2], 20, top_k=1)
     assert y.shape == (2, 22) and (y < 6).all()
@@ -108,8 +117,8 @@ def test_clean_stream_is_the_ar_mode_and_copies_are_noisy_blocks():
 # ----------------------------------------------------------------------------
 # the sampler
 
-@pytest.mark.parametrize('draft,temperature,top_k', [('ahead', 1.0, None), ('simple', 1.0, None), ('ahead', 0.7, 2)])
-def test_samples_follow_the_ar_distribution_exactly(draft, temperature, top_k):
+@pytest.mark.parametrize('temperature,top_k', [(1.0, None), (0.7, 2)])
+def test_samples_follow_the_ar_distribution_exactly(temperature, top_k):
     """8,000 samples of 3 tokens after a prompt of 2 (crossing a block boundary, so the cache
     and the pending tokens are used): their distribution is the AR mode's, enumerated. Keeping
     every draft (no acceptance rule) measured a total variation of 0.37 here, drawing a rejected
@@ -117,7 +126,7 @@ def test_samples_follow_the_ar_distribution_exactly(draft, temperature, top_k):
     model, prompt, n, N = tiny(), [2, 0], 3, 8000
     x = torch.full((N, len(prompt) + n), model.config.mask_token_id)
     x[:, :len(prompt)] = torch.tensor(prompt)
-    y, passes = sample(model, x, draft=draft, temperature=temperature, top_k=top_k)
+    y, passes = sample(model, x, temperature=temperature, top_k=top_k)
     exact = ar_probabilities(model, prompt, n, temperature, top_k)
     tv = 0.5 * (empirical(y, prompt, n, 3) - exact).abs().sum().item()
     assert tv < 0.05, tv
@@ -127,30 +136,26 @@ def test_samples_follow_the_ar_distribution_exactly(draft, temperature, top_k):
 def force_rejections(model, token):
     """Drafts always `token` (q puts all its mass there), which the AR mode never writes (p = 0)."""
     forward = model.forward
-    def forced(idx, **kwargs):
-        logits, loss = forward(idx, **kwargs)
-        copies = kwargs.get('copies', 0)
-        n_clean = idx.size(1) - copies * (idx.size(1) - (kwargs.get('store') or 0)) // (copies + 1)
-        is_copy = (torch.arange(idx.size(1)) >= n_clean)[:, None] & (torch.arange(logits.size(-1)) == token)
-        is_clean = (torch.arange(idx.size(1)) < n_clean)[:, None] & (torch.arange(logits.size(-1)) == token)
-        return logits + 1e4 * is_copy - 1e4 * is_clean, loss
+    def forced(idx, targets=None, kv_cache=None, attn_mask=None, pos=None):
+        logits, loss = forward(idx, targets, kv_cache, attn_mask, pos)
+        copy = attn_mask[:, -1] # the rows of the noisy copy: the only ones that see its last token
+        is_token = torch.arange(logits.size(-1)) == token
+        return logits + 1e4 * (copy[:, None] & is_token) - 1e4 * (~copy[:, None] & is_token), loss
     model.forward = forced
     return model
 
 
-@pytest.mark.parametrize('draft', ['ahead', 'simple'])
-def test_rejected_drafts_still_give_the_ar_sample(draft):
+def test_rejected_drafts_still_give_the_ar_sample():
     model, prompt, n, N = force_rejections(tiny(), 1), [2, 0], 3, 4000
     x = torch.full((N, len(prompt) + n), model.config.mask_token_id)
     x[:, :len(prompt)] = torch.tensor(prompt)
-    y, passes = sample(model, x, draft=draft)
+    y, passes = sample(model, x)
     assert not (y[:, len(prompt):] == 1).any() and passes == n # one token per pass, from the residual
     tv = 0.5 * (empirical(y, prompt, n, 3) - ar_probabilities(model, prompt, n)).abs().sum().item()
     assert tv < 0.05, tv
 
 
-@pytest.mark.parametrize('draft', ['ahead', 'simple'])
-def test_prompt_template_long_text_and_rows_that_accept_differently(draft):
+def test_prompt_template_long_text_and_rows_that_accept_differently():
     model = tiny(V=6, sharpen=3.0)
     MASK, WRONG = 6, 7
     x = torch.full((4, 45), MASK) # nearly three contexts of 16: the window slides block by block
@@ -158,7 +163,7 @@ def test_prompt_template_long_text_and_rows_that_accept_differently(draft):
     x[1, 20:23] = 5 # fixed tokens in the middle
     x[2, -2:] = 4 # and at the end
     written = []
-    y, passes = sample(model, x, draft=draft, temperature=0.8,
+    y, passes = sample(model, x, temperature=0.8,
                        on_step=lambda step, tokens, span, cached: written.append((tokens != MASK).sum(1)))
     fixed = x != MASK
     assert torch.equal(y[fixed], x[fixed]) and not ((y == MASK) | (y == WRONG)).any()
@@ -174,8 +179,7 @@ def test_greedy_equals_ar_greedy():
     x[:, :2] = torch.tensor([[1, 2], [3, 4], [5, 0]])
     reference = model.generate(x[:, :2], 14, top_k=1)
     for kwargs in (dict(top_k=1), dict(temperature=0)):
-        for draft in ('ahead', 'simple'):
-            assert torch.equal(sample(model, x, draft=draft, **kwargs)[0], reference)
+        assert torch.equal(sample(model, x, **kwargs)[0], reference)
 
 
 def test_refuses_a_model_without_causal_clean():
@@ -223,9 +227,9 @@ def test_one_line_errors(run_train, tiny_args, training_runs, tmp_path):
     r = subprocess.run([sys.executable, 'generate_diffusion.py', f'--out_dir={block_dir}', '--sampler=speculative',
                         '--device=cpu'], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert 'train one with --ar_loss_weight>0' in one_line_error(r)
-    r = subprocess.run([sys.executable, 'generate_diffusion.py', f'--out_dir={block_dir}', '--draft=ahead', '--device=cpu'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert '--draft works with the speculative sampler' in one_line_error(r)
+    r = subprocess.run([sys.executable, 'generate_diffusion.py', f'--out_dir={block_dir}', '--sampler=speculative',
+                        '--order=random', '--device=cpu'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert '--order works with --sampler=confidence, not --sampler=speculative' in one_line_error(r)
 
 
 @pytest.mark.slow
@@ -236,6 +240,6 @@ def test_generate_diffusion_speculative(training_runs, monkeypatch, capsys, tmp_
                                       f'--output={tmp_path / "s.txt"}'])
     runpy.run_path(f'{ROOT}/generate_diffusion.py', run_name='__main__')
     out = capsys.readouterr().out
-    assert re.search(r'2 samples of 40 tokens \(speculative, draft simple\): \d+ forward passes .* tokens per pass per sample', out)
+    assert re.search(r'2 samples of 40 tokens \(speculative\): \d+ forward passes .* tokens per pass per sample', out)
     samples = (tmp_path / 's.txt').read_text(encoding='utf-8').split('\n---------------\n')[:-1]
     assert len(samples) == 2 and all(s.startswith('ROMEO:') and len(s) == 40 for s in samples)

@@ -19,7 +19,7 @@ from loading import load_checkpoint, model_from_checkpoint, read_log
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ['gpt2', 'seed', 'elbo', 'block'] # the runs of the training_runs fixture (conftest.py)
+VARIANTS = ['gpt2', 'ar_masked', 'seed', 'elbo', 'block'] # the runs of the training_runs fixture (conftest.py)
 
 
 def ckpt(out_dir):
@@ -94,11 +94,14 @@ def test_checkpoint_round_trip(training_runs, tiny_dataset, variant, run_iters):
     if variant == 'gpt2':
         assert args['model_type'] == 'gpt2' and args['vocab_size'] == V and args['pos_encoding'] == 'learned'
         assert args['dropout'] == 0.1
+    elif variant == 'ar_masked': # [MASK] (and [WRONG], unused) after the words, as in a diffusion model
+        assert args['model_type'] == 'gpt2' and args['vocab_size'] == V + 2
+        assert args['mask_token_id'] == V and args['wrong_token_id'] == V + 1
+        assert all(0 < r['loss_masked_inputs'] < 10 for r in read_log(out_dir, 'iter'))
     else:
         assert args['model_type'] == 'diffusion' and args['pos_encoding'] == 'rope'
         assert args['vocab_size'] == V + 2
         assert args['mask_token_id'] == V and args['wrong_token_id'] == V + 1
-        assert args['time_conditioning'] == (variant == 'elbo')
         assert args['diffusion_block'] == (8 if variant == 'block' else 0)
         # the controller raised the bias from 0 toward the target p([MASK]) = 0.5
         assert 0 < bias <= 20
@@ -107,8 +110,8 @@ def test_checkpoint_round_trip(training_runs, tiny_dataset, variant, run_iters):
     assert_same_state(model.state_dict(), {k.removeprefix('_orig_mod.'): v for k, v in c['model'].items()})
     assert model.mask_logit_bias.item() == bias
     x = torch.randint(V, (2, 32))
-    logits, _ = model(x, noise_level=torch.full((2,), 0.5))
-    assert logits.shape == ((2, 1, V) if variant == 'gpt2' else (2, 32, V + 2))
+    logits, _ = model(x)
+    assert logits.shape == {'gpt2': (2, 1, V), 'ar_masked': (2, 1, V + 2)}.get(variant, (2, 32, V + 2))
     assert torch.isfinite(logits).all()
 
 
