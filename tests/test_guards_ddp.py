@@ -56,7 +56,8 @@ def ddp_run(tiny_args, tmp_path_factory):
     root = tmp_path_factory.mktemp('ddp')
     probe = root / 'probe.py'
     probe.write_text(PROBE.format(root=str(ROOT), report=str(root)))
-    args = [*tiny_args, '--model_type=diffusion', '--pos_encoding=rope', '--loss_type=elbo', '--gradient_accumulation_steps=2',
+    args = [*tiny_args, '--model_type=diffusion', '--pos_encoding=rope', '--loss_type=elbo', '--loss_weighting=elbo',
+            '--gradient_accumulation_steps=2',
             f'--max_iters={ITERS}', f'--eval_interval={ITERS}', '--warmup_iters=1', f'--lr_decay_iters={ITERS}',
             '--learning_rate=1e-2', f'--target_mask_prob={TARGET}', f'--mask_bias_gain={GAIN}', f'--out_dir={root / "out"}']
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(probe),
