@@ -15,6 +15,8 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
+from model import causal_mask
+
 # ----------------------------------------------------------------------------
 # corruption
 
@@ -229,7 +231,7 @@ def ar_val_loss(model, batches, ctx=nullcontext()):
     config, losses = getattr(model, 'module', model).config, []
     for x, y in batches:
         with ctx:
-            logits, _ = model(x, attn_mask=torch.ones(x.size(1), x.size(1), dtype=torch.bool, device=x.device).tril())
+            logits, _ = model(x, attn_mask=causal_mask(x.size(1), 0, x.device))
         losses.append(next_token_loss(logits, y, config.mask_token_id, config.wrong_token_id))
     return torch.stack(losses).mean().item()
 
