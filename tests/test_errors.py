@@ -4,7 +4,6 @@ says what was wrong, and that train.py wrote nothing: its out_dir is not even cr
 and an existing checkpoint stays byte-identical."""
 import importlib.util
 import json
-import os
 import shutil
 import signal
 import subprocess
