@@ -213,8 +213,8 @@ if init_from == 'scratch':
     if meta_vocab_size is None:
         print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
     specials = model_type == 'diffusion' or input_mask_weight > 0 # [MASK] and [WRONG] after the words
-    model = GPT(GPTConfig(**model_args, vocab_size=base_vocab + 2 * specials, **(dict(zip(('mask_token_id', 'wrong_token_id'),
-                special_token_ids(base_vocab))) if specials else {})))
+    mask_id, wrong_id = special_token_ids(base_vocab) if specials else (-1, -1)
+    model = GPT(GPTConfig(**model_args, vocab_size=base_vocab + 2 * specials, mask_token_id=mask_id, wrong_token_id=wrong_id))
 elif init_from == 'resume':
     print(f"Resuming training from {out_dir}")
     checkpoint = load_checkpoint(out_dir, device)
