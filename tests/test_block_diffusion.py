@@ -11,6 +11,7 @@ import sampling
 from diffusion import two_stream_mask
 from model import GPT, GPTConfig, KVCache, causal_mask
 from sampling import block_causal_mask
+from test_sampling import count_passes
 
 V = 10 # base vocabulary
 MASK, WRONG = V, V + 1
@@ -23,16 +24,6 @@ def tiny(block=0, model_type='diffusion', pos_encoding='rope', seed=0, causal_cl
     config = GPTConfig(model_type=model_type, n_layer=2, n_head=2, n_embd=32, block_size=T, vocab_size=V + 2,
                        pos_encoding=pos_encoding, diffusion_block=block, causal_clean=causal_clean, **specials)
     return GPT(config).eval()
-
-
-def count_passes(model):
-    """Wrap model.forward so that model.passes counts the forward passes."""
-    forward, model.passes = model.forward, 0
-    def counted(*args, **kwargs):
-        model.passes += 1
-        return forward(*args, **kwargs)
-    model.forward = counted
-    return model
 
 
 def block_causal(model, idx):
