@@ -6,8 +6,8 @@ trained for its 2,500 iterations at two or more seeds; the table gives the final
 recipe='elbo' ablates the ELBO objective, recipe='seed' the [MASK]/[WRONG] recipe.
 recipe='scarce' asks when diffusion beats AR: each model on the first train_chars characters of
 the training text (data/shakespeare_char/prepare.py --train_chars=N, the val text unchanged),
-evaluated every 250 iterations; the table gives each run's best val (AR NLL, diffusion bound)
-and the epoch where it was reached.
+evaluated every 250 iterations and stopped 3 evals after its best; the table gives each run's best
+val (AR NLL, diffusion bound +- its standard error) and the epoch where it was reached.
 
 $ python ablation.py                         # every ELBO row, two runs at a time, one thread each
 $ python ablation.py --rows=token_mean,bias --seeds=1337,1338,1339
@@ -24,7 +24,7 @@ import sys
 import time
 
 from configurator import configure, note_for_ctrl_c, parse_list, require
-from diffusion import VAL_METRICS
+from diffusion import MASKED_METRICS
 from loading import read_log
 from progress import progress
 
@@ -65,13 +65,15 @@ SEED_ROWS = {
     'seed_penalty_0.1': ("keep penalty 0.1 instead of 0.5", {'penalty_mask_correct': 0.1}),
     'seed_no_discount': ("no soft discount (reward_correct_unmask 1)", {'reward_correct_unmask': 1.0}),
 }
-# scarce data: every model on each slice, with the best val kept (early stopping) and evaluated often
-SCARCE_BASELINE = {'always_save_checkpoint': False, 'eval_interval': 250, 'eval_iters': 50}
+# scarce data: every model on each slice, evaluated often, the best val kept, stopped 3 evals after it
+SCARCE_BASELINE = {'always_save_checkpoint': False, 'eval_interval': 250, 'eval_iters': 50, 'patience': 3}
 SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     'ar_dropout': ("AR twin, dropout 0.2", 'config/train_shakespeare_ar_cpu.py', {'dropout': 0.2}),
     'ar_regularised': ("AR twin, dropout 0.2, weight decay 1.0, input masking (weight 0.4, rates U(0, 0.5))",
                        'config/train_shakespeare_ar_cpu.py', {'dropout': 0.2, 'weight_decay': 1.0, 'input_mask_weight': 0.4}),
     'elbo': ("full-sequence diffusion, ELBO", 'config/train_shakespeare_diffusion_elbo_cpu.py', {}),
+    'elbo_dropout': ("full-sequence diffusion, ELBO, dropout 0.2", 'config/train_shakespeare_diffusion_elbo_cpu.py',
+                     {'dropout': 0.2}),
     'block_elbo': ("block diffusion (blocks of 4), ELBO", 'config/train_shakespeare_block_diffusion_cpu.py', {}),
     'block_seed': ("block diffusion (blocks of 4), seed recipe", 'config/train_shakespeare_block_seed_cpu.py', {}),
 }
@@ -92,11 +94,13 @@ require(jobs >= 1, f"jobs must be >= 1, not {jobs}")
 
 
 def best_eval(run_dir, chars):
-    """(best val: the diffusion bound or the AR val loss, nats/char; its iteration; the epochs of a
-    training text of `chars` characters by then) of a run, from its log.jsonl."""
+    """(best val: the diffusion bound or the AR val loss, nats/char; the bound's standard error or None;
+    its iteration; the epochs of a training text of `chars` characters by then) of a run, from its log.jsonl."""
     best = min(read_log(run_dir, 'eval'), key=lambda e: e.get('bound', e['val']))
     epochs = best['iter'] * read_log(run_dir, 'start')[-1]['tokens_per_iter'] / chars # char tokens
-    return best.get('bound', best['val']) / (best.get('val_chars_per_token') or 1), best['iter'], epochs
+    per_char = best.get('val_chars_per_token') or 1
+    error = best.get('bound_se')
+    return best.get('bound', best['val']) / per_char, error and error / per_char, best['iter'], epochs
 
 
 def prepare_slices():
@@ -109,9 +113,9 @@ def prepare_slices():
 
 
 def final_eval(run_dir):
-    """(bound, ce15, ce50, ce90) of the last eval of a finished run, from train.py's log.jsonl (diffusion.VAL_METRICS)."""
+    """(bound, (ce15, ce50, ce90)) of the last eval of a finished run, from train.py's log.jsonl."""
     last = read_log(run_dir, 'eval')[-1]
-    return tuple(last[name] for name in VAL_METRICS)
+    return last['bound'], [last[name] for name in MASKED_METRICS]
 
 
 os.makedirs(log_dir, exist_ok=True)
@@ -155,8 +159,8 @@ if recipe == 'scarce':
     for name in names:
         found = [best_eval(f'{out_root}/{n}-s{seed}', int(n.rsplit('_', 1)[1]))
                  for n, seed, log in runs if n == name and os.path.exists(log + '.done')]
-        print(f"| {name} | {ROWS[name][0]} | {' / '.join(f'{v:.3f}' for v, _, _ in found)} | "
-              f"{' / '.join(f'{it} ({epochs:.0f})' for _, it, epochs in found)} |")
+        print(f"| {name} | {ROWS[name][0]} | {' / '.join(f'{v:.3f}' + (f' +- {se:.3f}' if se else '') for v, se, _, _ in found)} | "
+              f"{' / '.join(f'{it} ({epochs:.0f})' for _, _, it, epochs in found)} |")
     sys.exit(0)
 print(f"\n| row | change | val bound per seed ({', '.join(map(str, seed_list))}) | bound mean +- half spread | masked CE 15/50/90 % (mean) |")
 print("|---|---|---|---|---|")
@@ -165,7 +169,7 @@ for name in names:
     if not evals:
         continue
     bounds = [e[0] for e in evals]
-    ces = [sum(e[i] for e in evals) / len(evals) for i in (1, 2, 3)]
+    ces = [sum(e[1][i] for e in evals) / len(evals) for i in range(len(MASKED_METRICS))]
     spread = (max(bounds) - min(bounds)) / 2
     print(f"| {name} | {ROWS[name][0]} | {' / '.join(f'{b:.3f}' for b in bounds)} | "
           f"{sum(bounds) / len(bounds):.3f} +- {spread:.3f} | {' / '.join(f'{c:.3f}' for c in ces)} |")

@@ -165,7 +165,7 @@ def val_batches(tokens, block_size, count, batch_size, batch_seed, device):
 def validation_loss(ar_models, models, data, eval_batches, batch_size, seed, device, ctx):
     """The rows of metrics.validation_table: the AR val NLL, and every diffusion model's ELBO bound and
     masked CE (diffusion.val_metrics), on the same val batches for every model of one dataset and block_size."""
-    masked = [m for m in diffusion.VAL_METRICS if m != 'bound'] # the masked CE at each of diffusion.VAL_FRACTIONS
+    masked = diffusion.MASKED_METRICS # the masked CE at each of diffusion.VAL_FRACTIONS
     rows = []
     for name, model, checkpoint in progress(ar_models + models, 'validation loss', 'model'):
         d = dataset(checkpoint)

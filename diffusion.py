@@ -237,19 +237,20 @@ def ar_val_loss(model, batches, ctx=nullcontext()):
 
 
 VAL_FRACTIONS = (0.15, 0.5, 0.9) # the masked shares of the masked val CE that train.py logs and bench.py tables
-VAL_METRICS = ('bound', 'masked15', 'masked50', 'masked90') # the names val_metrics gives them, which logs and tables read
+MASKED_METRICS = tuple(f'masked{round(fraction * 100)}' for fraction in VAL_FRACTIONS) # masked val CE at each fraction
+VAL_METRICS = ('bound', 'bound_se', *MASKED_METRICS) # the names val_metrics gives them, which logs and tables read
 
 
 def val_metrics(model, batches, seed, ctx=nullcontext()):
     """The validation metrics of a diffusion model on batches of clean text (B, T), the same in
     train.py and bench.py: 'masked15', 'masked50', 'masked90' (masked_val_loss at each of
-    VAL_FRACTIONS, noise seeded seed + 2) and 'bound' (elbo_bound, noise seeded seed + 1), all
-    in nats per token."""
+    VAL_FRACTIONS, noise seeded seed + 2), 'bound' and its standard error 'bound_se' (elbo_bound,
+    noise seeded seed + 1), all in nats per token."""
     def noise(offset):
         return torch.Generator(device=batches[0].device).manual_seed(seed + offset)
-    out = {f'masked{round(fraction * 100)}': masked_val_loss(model, batches, fraction, noise(2), ctx)
-           for fraction in VAL_FRACTIONS}
-    out['bound'] = elbo_bound(model, batches, noise(1), ctx)
+    out = {name: masked_val_loss(model, batches, fraction, noise(2), ctx)
+           for name, fraction in zip(MASKED_METRICS, VAL_FRACTIONS)}
+    out['bound'], out['bound_se'] = elbo_bound(model, batches, noise(1), ctx)
     return {name: out[name] for name in VAL_METRICS}
 
 
@@ -269,10 +270,11 @@ def masked_val_loss(model, batches, fraction, generator, ctx=nullcontext()):
 
 @torch.no_grad()
 def elbo_bound(model, batches, generator, ctx=nullcontext()):
-    """The ELBO of masked diffusion on batches of clean text (B, T), in nats per token: an
-    upper bound on the NLL for any denoiser, comparable to an AR val loss. One noise level
-    per block (per row for a full-sequence model), over the full range of t whatever range
-    the model was trained on."""
+    """(the ELBO of masked diffusion on batches of clean text (B, T), its standard error), in
+    nats per token: an upper bound on the NLL for any denoiser, comparable to an AR val loss.
+    One noise level per block (per row for a full-sequence model), over the full range of t
+    whatever range the model was trained on. The error is that of a mean over batches, whose
+    noise levels are drawn independently (NaN for one batch): more batches make it smaller."""
     gpt, bounds = getattr(model, 'module', model), []
     mask_id, wrong_id = gpt.config.mask_token_id, gpt.config.wrong_token_id
     for x in batches:
@@ -281,7 +283,8 @@ def elbo_bound(model, batches, generator, ctx=nullcontext()):
         with ctx:
             logits = denoise(model, inputs.view_as(x), x)[:, :x.size(1)]
         bounds.append(elbo_loss(block_rows(logits, span), inputs, targets, t, mask_id, wrong_id)[0])
-    return torch.stack(bounds).mean().item()
+    bounds = torch.stack(bounds).float()
+    return bounds.mean().item(), (bounds.std() / len(bounds) ** 0.5).item() if len(bounds) > 1 else math.nan
 
 
 def with_mask_bias(logits, mask_token_id, mask_logit_bias):

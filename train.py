@@ -38,7 +38,8 @@ eval_interval = 2000 # evaluate (and maybe checkpoint) every this many iteration
 log_interval = 1 # print a log line every this many iterations
 eval_iters = 200 # batches per split for each evaluation
 eval_only = False # if True, script exits right after the first eval
-always_save_checkpoint = True # if True, always save a checkpoint after each eval, else only when val improves
+always_save_checkpoint = True # if True, always save a checkpoint after each eval, else only when val improves (a diffusion model's val: its bound)
+patience = 0 # stop once val has not improved for this many evals (early stopping; 0 = train to max_iters)
 init_from = 'scratch' # 'scratch', 'resume' (from out_dir), 'gpt2*' (OpenAI weights) or a directory with an AR checkpoint of this project
 # wandb logging
 wandb_log = False # disabled by default
@@ -104,7 +105,8 @@ config = configure(globals()) # overrides from command line or config file
 GPT2_MODELS = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 for key in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval'):
     require_range(key, globals()[key], low=1, integer=True)
-for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'masking_warmup_iters', 'proofreading_warmup_iters', 'diffusion_block'):
+for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'masking_warmup_iters', 'proofreading_warmup_iters', 'diffusion_block',
+            'patience'):
     require_range(key, globals()[key], low=0, integer=True)
 for key in ('learning_rate', 'min_lr', 'weight_decay', 'grad_clip', 'penalty_mask_correct', 'weight_unmask_task',
             'weight_remask_task', 'mask_bias_gain', 'ar_loss_weight', 'input_mask_weight'): # learning_rate=0 keeps the weights: the tests use it
@@ -205,7 +207,7 @@ meta_vocab_size = dataset_vocab_size(dataset)
 
 # model init
 iter_num = 0
-best_val_loss = 1e9
+best_val_loss, best_iter = 1e9, 0
 checkpoint = None
 if init_from == 'scratch':
     print("Initializing a new model from scratch")
@@ -230,7 +232,7 @@ elif init_from == 'resume':
     require(ar_loss_weight == 0 or model.config.causal_clean, f"{out_dir} holds a model whose clean stream is not "
             f"causal (trained with ar_loss_weight=0): resume it with --ar_loss_weight=0")
     iter_num = checkpoint['iter_num']
-    best_val_loss = checkpoint['best_val_loss']
+    best_val_loss, best_iter = checkpoint['best_val_loss'], checkpoint.get('best_iter', iter_num)
 else:
     if init_from.startswith('gpt2'):
         print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
@@ -318,7 +320,7 @@ def save():
         print(f"saving checkpoint to {out_dir}")
         save_checkpoint({'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'scaler': scaler.state_dict(), 'model_args': asdict(raw_model.config), 'iter_num': iter_num,
-                         'best_val_loss': best_val_loss, 'config': config, 'rng': rng}, out_dir)
+                         'best_val_loss': best_val_loss, 'best_iter': best_iter, 'config': config, 'rng': rng}, out_dir)
 
 
 stop_signal = 0 # the SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) this process got, if any
@@ -387,12 +389,12 @@ while True:
             values = torch.tensor(list(losses.values()), device=device)
             dist.all_reduce(values) # a sum: gloo has no average
             losses = dict(zip(losses, (values / ddp_world_size).tolist()))
-        if not all(math.isfinite(v) for v in losses.values()):
+        if not all(math.isfinite(v) for k, v in losses.items() if k != 'bound_se'): # one eval batch has no error
             raise UserError(f"the evaluation loss is NaN/inf at iteration {iter_num}: lower learning_rate; the last good checkpoint in {out_dir} was kept")
         if master_process:
             extra = ''
             if diffusion_mode:
-                extra = (f", masked val CE 15/50/90%: {'/'.join(f'{losses[k]:.4f}' for k in diffusion.VAL_METRICS[1:])}"
+                extra = (f", masked val CE 15/50/90%: {'/'.join(f'{losses[k]:.4f}' for k in diffusion.MASKED_METRICS)}"
                          f", val bound {losses['bound']:.4f} nats/token = {losses['bound'] / math.log(2):.4f} bits/token")
             if val_chars_per_token not in (None, 1.0): # the bound (diffusion) or the val loss (AR) per character
                 extra += f" = {losses['bound' if diffusion_mode else 'val'] / val_chars_per_token:.4f} nats/char"
@@ -404,11 +406,16 @@ while True:
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
                            "mfu": running_mfu*100, **{f"val/{k}": v for k, v in losses.items() if k not in ('train', 'val')}})
-        if losses['val'] < best_val_loss or always_save_checkpoint:
-            best_val_loss = min(best_val_loss, losses['val'])
+        score = losses.get('bound', losses['val']) # a diffusion model's val loss is its training objective, not its NLL
+        best_iter = iter_num if score < best_val_loss else best_iter
+        if score < best_val_loss or always_save_checkpoint:
+            best_val_loss = min(best_val_loss, score)
             if iter_num > 0:
                 save()
     if iter_num >= max_iters or eval_only:
+        break
+    if patience and iter_num - best_iter >= patience * eval_interval:
+        print(f"stopping early at iteration {iter_num}: val has not improved for {patience} evals, since iteration {best_iter}")
         break
 
     # forward backward update, with gradient accumulation and the GradScaler (float16), then the controller

@@ -37,7 +37,7 @@ def recorded(fn, key, value):
 
 diffusion.mask_statistics = recorded(diffusion.mask_statistics, 'local_p', lambda a, out: out[0])
 diffusion.update_mask_bias = recorded(diffusion.update_mask_bias, 'controller_p', lambda a, out: a[1])
-diffusion.elbo_bound = recorded(diffusion.elbo_bound, 'bound', lambda a, out: out)
+diffusion.elbo_bound = recorded(diffusion.elbo_bound, 'bound', lambda a, out: out[0])
 diffusion.masked_val_loss = recorded(diffusion.masked_val_loss, 'masked', lambda a, out: out)
 g = runpy.run_path(os.path.join({root!r}, 'train.py'), run_name='__main__')
 state = g['raw_model'].state_dict()

@@ -62,11 +62,12 @@ def masked_word_ce(logits, inputs, targets):
 @pytest.mark.parametrize('pos_encoding', ['rope', 'learned'])
 def test_block_bound_sees_the_clean_prefix(pos_encoding):
     """elbo_bound of a block model = per block, weight x summed masked CE of the block seeing
-    the clean text before it, over T, summed over blocks and averaged over rows and batches."""
+    the clean text before it, over T, summed over blocks and averaged over rows and batches; its
+    error is the standard error of that mean over the batches (none for one batch)."""
     model = tiny_block_model(pos_encoding)
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(V, (3, T), generator=g) for _ in range(2)]
-    bound = diffusion.elbo_bound(model, batches, torch.Generator().manual_seed(2))
+    bound, error = diffusion.elbo_bound(model, batches, torch.Generator().manual_seed(2))
     noise, expected = torch.Generator().manual_seed(2), []
     for x in batches:
         inputs, _, t = diffusion.corrupt_mask_only(diffusion.block_rows(x, BLOCK), noise, MASK)
@@ -75,6 +76,8 @@ def test_block_bound_sees_the_clean_prefix(pos_encoding):
         ce = masked_word_ce(blockwise_logits(model, inputs, x), inputs, x).view(-1, BLOCK).sum(1)
         expected.append((weight.double() * ce).view(3, -1).sum(1).mean() / T)
     assert bound == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert error == pytest.approx(abs(expected[0] - expected[1]).item() / 2, rel=1e-4) # the std of two over sqrt(2)
+    assert math.isnan(diffusion.elbo_bound(model, batches[:1], torch.Generator().manual_seed(2))[1])
 
 
 def test_val_metrics_is_the_bound_and_the_masked_ce_on_their_seeds():
@@ -84,8 +87,8 @@ def test_val_metrics_is_the_bound_and_the_masked_ce_on_their_seeds():
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(V, (3, T), generator=g) for _ in range(2)]
     found = diffusion.val_metrics(model, batches, seed=40)
-    assert list(found) == list(diffusion.VAL_METRICS) == ['bound', 'masked15', 'masked50', 'masked90']
-    assert found['bound'] == diffusion.elbo_bound(model, batches, torch.Generator().manual_seed(41))
+    assert list(found) == list(diffusion.VAL_METRICS) == ['bound', 'bound_se', 'masked15', 'masked50', 'masked90']
+    assert (found['bound'], found['bound_se']) == diffusion.elbo_bound(model, batches, torch.Generator().manual_seed(41))
     for fraction in diffusion.VAL_FRACTIONS:
         assert found[f'masked{round(fraction * 100)}'] == diffusion.masked_val_loss(
             model, batches, fraction, torch.Generator().manual_seed(42))

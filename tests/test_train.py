@@ -238,6 +238,24 @@ def test_resume_drops_a_cut_off_last_log_line(run_train, tiny_args, tmp_path):
     assert 'log.jsonl line 3 is not JSON: the log was damaged' in line
 
 
+def test_early_stopping_keeps_the_best_bound(run_train, tiny_args, run_variants, tmp_path):
+    """patience=N stops once N evals in a row brought no better val (learning_rate=0: none ever does);
+    without it, always_save_checkpoint=False keeps the checkpoint of the best eval, by the bound for a
+    diffusion model."""
+    common = [*tiny_args, '--eval_interval=2', '--always_save_checkpoint=False']
+    r = run_train(*common, '--learning_rate=0', '--patience=2', '--max_iters=20', f'--out_dir={tmp_path / "ar"}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'stopping early at iteration 4: val has not improved for 2 evals, since iteration 0' in r.stdout
+    assert [e['iter'] for e in read_log(tmp_path / 'ar', 'eval')] == [0, 2, 4]
+    r = run_train(*common, *run_variants['elbo'], '--learning_rate=3e-3', '--max_iters=10', f'--out_dir={tmp_path / "d"}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    evals = read_log(tmp_path / 'd', 'eval')
+    best = min(evals, key=lambda e: e['bound']) # the first of equals, as train.py keeps it
+    assert all(e['bound_se'] > 0 for e in evals) and best['iter'] > 0
+    c = ckpt(tmp_path / 'd')
+    assert (c['iter_num'], c['best_iter'], c['best_val_loss']) == (best['iter'], best['iter'], best['bound'])
+
+
 def test_resume_after_sigkill_while_logging(run_train, tiny_args, tmp_path):
     """SIGKILL leaves a run no chance to finish a line or to save: killed three times at random
     moments while it logs every iteration, its log's finished lines are JSON each time and
