@@ -7,12 +7,13 @@ recipe='elbo' ablates the ELBO objective, recipe='seed' the [MASK]/[WRONG] recip
 recipe='scarce' asks when diffusion beats AR: each model on the first train_chars characters of
 the training text (data/shakespeare_char/prepare.py --train_chars=N, the val text unchanged),
 evaluated every 250 iterations and stopped 3 evals after its best; the table gives each run's best
-val (AR NLL, diffusion bound +- its standard error) and the epoch where it was reached.
+val (AR NLL, diffusion bound +- its standard error) and the epoch where it was reached, and
+<out_root>/scarce.png plots it against the size of the training text.
 
 $ python ablation.py                         # every ELBO row, two runs at a time, one thread each
 $ python ablation.py --rows=token_mean,bias --seeds=1337,1338,1339
 $ python ablation.py --recipe=seed
-$ python ablation.py --recipe=scarce --train_chars=25000,100000
+$ python ablation.py --recipe=scarce --train_chars=10000,25000,100000,0   # 0: all the training text
 Finished runs (train.py exited 0: a .done file beside the log) are read, not rerun, and
 runs stopped by Ctrl-C continue from their checkpoint, so the script can be stopped and
 started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
@@ -25,11 +26,12 @@ import time
 
 from configurator import configure, note_for_ctrl_c, parse_list, require
 from diffusion import MASKED_METRICS
-from loading import read_log
+from loading import load_split, read_log
+from plots import write_scarce_plot
 from progress import progress
 
 recipe = 'elbo' # 'elbo', 'seed' or 'scarce': which config and rows (RECIPES below)
-train_chars = '25000,100000' # recipe='scarce': the sizes of the training text, in characters, comma-separated
+train_chars = '25000,100000' # recipe='scarce': the sizes of the training text, in characters, comma-separated (0 = all of it)
 rows = '' # comma-separated names from the recipe's rows below ('' = all)
 seeds = '1337,1338' # comma-separated training seeds, at least two for a spread
 train_args = '' # extra train.py arguments for every run, e.g. '--max_iters=1000 --lr_decay_iters=1000'
@@ -68,6 +70,7 @@ SEED_ROWS = {
 # scarce data: every model on each slice, evaluated often, the best val kept, stopped 3 evals after it
 SCARCE_BASELINE = {'always_save_checkpoint': False, 'eval_interval': 250, 'eval_iters': 50, 'patience': 3}
 SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
+    'ar': ("AR twin", 'config/train_shakespeare_ar_cpu.py', {}),
     'ar_dropout': ("AR twin, dropout 0.2", 'config/train_shakespeare_ar_cpu.py', {'dropout': 0.2}),
     'ar_regularised': ("AR twin, dropout 0.2, weight decay 1.0, input masking (weight 0.4, rates U(0, 0.5))",
                        'config/train_shakespeare_ar_cpu.py', {'dropout': 0.2, 'weight_decay': 1.0, 'input_mask_weight': 0.4}),
@@ -78,7 +81,9 @@ SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     'block_seed': ("block diffusion (blocks of 4), seed recipe", 'config/train_shakespeare_block_seed_cpu.py', {}),
 }
 sizes = parse_list(train_chars, int, 'train_chars') if recipe == 'scarce' else []
-SCARCE_ROWS = {f"{model}_{n}": (f"{what}, {n:,} chars", config, {**overrides, 'dataset': f'shakespeare_char_{n}'})
+SLICES = {n: f'shakespeare_char_{n}' if n else 'shakespeare_char' for n in sizes} # size -> its prepared dataset
+SCARCE_ROWS = {f"{model}_{n or 'all'}": (f"{what}, {f'{n:,} chars' if n else 'all the text'}", config,
+                                        {**overrides, 'dataset': SLICES[n]})
                for n in sizes for model, (what, config, overrides) in SCARCE_MODELS.items()}
 RECIPES = {'elbo': ('config/train_shakespeare_diffusion_elbo_cpu.py', ELBO_BASELINE, ELBO_ROWS),
            'seed': ('config/train_shakespeare_diffusion_cpu.py', SEED_BASELINE, SEED_ROWS),
@@ -104,12 +109,13 @@ def best_eval(run_dir, chars):
 
 
 def prepare_slices():
-    """data/shakespeare_char_N for each size N: the first N characters of the training text, the usual val text."""
+    """data/shakespeare_char_N for each size N: the first N characters of the training text, the usual val text
+    (and data/shakespeare_char itself for N = 0)."""
     cached = os.path.join('data', 'shakespeare_char', 'input.txt') # where a first prepare.py leaves the text
-    for n in sizes:
-        if not os.path.exists(os.path.join('data', f'shakespeare_char_{n}', 'val.bin')):
-            subprocess.run([sys.executable, 'data/shakespeare_char/prepare.py', f'--train_chars={n}',
-                            f'--out_dir=data/shakespeare_char_{n}', *([f'--input={cached}'] if os.path.exists(cached) else [])], check=True)
+    for n, name in sorted(SLICES.items()): # the whole text first: the slices reuse its download
+        if not os.path.exists(os.path.join('data', name, 'val.bin')):
+            subprocess.run([sys.executable, 'data/shakespeare_char/prepare.py', *([f'--train_chars={n}', f'--out_dir=data/{name}']
+                            if n else []), *([f'--input={cached}'] if n and os.path.exists(cached) else [])], check=True)
 
 
 def final_eval(run_dir):
@@ -156,11 +162,15 @@ bar.close()
 if recipe == 'scarce':
     print(f"\n| row | model | best val per seed ({', '.join(map(str, seed_list))}), nats/char | at iteration (epochs) |")
     print("|---|---|---|---|")
+    points = [] # the plot's rows
     for name in names:
-        found = [best_eval(f'{out_root}/{n}-s{seed}', int(n.rsplit('_', 1)[1]))
-                 for n, seed, log in runs if n == name and os.path.exists(log + '.done')]
+        chars = len(load_split(ROWS[name][2]['dataset'], 'train')) # char tokens
+        found = [best_eval(f'{out_root}/{n}-s{seed}', chars) for n, seed, log in runs if n == name and os.path.exists(log + '.done')]
+        points.append(dict(model=ROWS[name][0].rsplit(', ', 1)[0], chars=chars, best=[v for v, _, _, _ in found]))
         print(f"| {name} | {ROWS[name][0]} | {' / '.join(f'{v:.3f}' + (f' +- {se:.3f}' if se else '') for v, se, _, _ in found)} | "
               f"{' / '.join(f'{it} ({epochs:.0f})' for _, _, it, epochs in found)} |")
+    plot = write_scarce_plot(os.path.join(out_root, 'scarce.png'), points)
+    print(f"\nplot: {plot or 'none (matplotlib is not installed: pip install matplotlib)'}")
     sys.exit(0)
 print(f"\n| row | change | val bound per seed ({', '.join(map(str, seed_list))}) | bound mean +- half spread | masked CE 15/50/90 % (mean) |")
 print("|---|---|---|---|---|")

@@ -57,6 +57,7 @@ step_counts = '8,16,32,64,128' # denoising passes over a whole sample, comma-sep
 threshold = 0.9 # the threshold sampler commits every proposal more probable than this (at least one per pass)
 temperature = 1.0 # of every generator in the fixed-temperature table, and the first try of the matched search
 repetition_n = 4 # repetition is the fraction of repeated n-grams of this n
+copy_source_tokens = 2_000_000 # copied 8-grams are looked up in this many tokens from the start of the training split
 # sample quality at matched diversity
 match_step_counts = '32,128' # step counts (as step_counts) of the matched-diversity search, comma-separated
 match_tolerance = 0.02 # matched: two tries within this fraction of the val text's unigram entropy, one on each
@@ -172,11 +173,11 @@ def validation_loss(ar_models, models, data, eval_batches, batch_size, seed, dev
         batches = val_batches(data[d].val, model.config.block_size, eval_batches, batch_size, seed, device)
         if model.config.model_type == 'gpt2':
             with torch.no_grad(), ctx:
-                loss, masked_ce = np.mean([model(x, y)[1].item() for x, y in batches]), [None] * len(masked)
+                loss, error, masked_ce = np.mean([model(x, y)[1].item() for x, y in batches]), None, [None] * len(masked)
         else:
             found = diffusion.val_metrics(model, [x for x, _ in batches], seed, ctx)
-            loss, masked_ce = found['bound'], [found[m] for m in masked]
-        rows.append(dict(name=name, dataset=d, cpt=data[d].cpt, loss=loss, block=metrics.block_label(model),
+            loss, error, masked_ce = found['bound'], found['bound_se'], [found[m] for m in masked]
+        rows.append(dict(name=name, dataset=d, cpt=data[d].cpt, loss=loss, error=error, block=metrics.block_label(model),
                          objective=metrics.objective(checkpoint),
                          masked=dict(zip([m.removeprefix('masked') for m in masked], masked_ce))))
     return rows
@@ -243,9 +244,9 @@ def sample_quality(ar_models, models, data, judge, write, samplers, step_counts,
     by dataset, the rows at the fixed temperature, the matched rows best first, every generation)."""
     generations, runs = [], {} # runs: every generation by its settings, measured once
 
-    def score(tokens, decode):
-        return metrics.sample_metrics(tokens, decode, judge.model, judge.encode, judge.decode, repetition_n,
-                                      judge.unknown)
+    def score(tokens, d):
+        return metrics.sample_metrics(tokens, data[d].decode, judge.model, judge.encode, judge.decode, repetition_n,
+                                      judge.unknown, data[d].source)
 
     def measure(entry, sampler, steps, temp):
         """The metrics of one generator's samples at temperature temp, as a table row; the matched search
@@ -254,7 +255,7 @@ def sample_quality(ar_models, models, data, judge, write, samplers, step_counts,
         if key not in runs:
             reference = data[dataset(checkpoint)].reference
             tokens, passes, seconds = write(model, reference, sampler, steps, temp)
-            runs[key] = dict(score(tokens, data[dataset(checkpoint)].decode), name=name, model=model,
+            runs[key] = dict(score(tokens, dataset(checkpoint)), name=name, model=model,
                              block=metrics.block_label(model), sampler=sampler, steps=steps, temperature=temp,
                              steps_label=steps_label(model, sampler, steps, reference.size(1)), passes=passes)
             generations.append(runs[key])
@@ -263,7 +264,7 @@ def sample_quality(ar_models, models, data, judge, write, samplers, step_counts,
         return runs[key]
 
     t_quality = time.time()
-    references = {d: dict(score(data[d].reference, data[d].decode), model=None, block='-', sampler='reference',
+    references = {d: dict(score(data[d].reference, d), model=None, block='-', sampler='reference',
                           name='val text' if len(data) == 1 else f"val text {d}", steps='-', steps_label='-',
                           temperature='-', passes='-') for d in data}
     fixed = [*references.values()] + [measure(entry, 'autoregressive', '-', temperature) for entry in ar_models] + [
@@ -424,13 +425,15 @@ def main():
     if not max(2, repetition_n) <= sample_length <= max_length:
         raise UserError(f"sample_length={sample_length} must be between {max(2, repetition_n)} and {max_length} "
                         "(the smallest block_size of the diffusion models)")
-    data = {} # every generator's dataset: its val tokens, chars per token (None: not counted), decode and reference
+    data = {} # every generator's dataset: its val tokens, chars per token (None: not counted), decode, reference
+    # and source, the start of its training text (copied 8-grams are looked up there)
     for d in dict.fromkeys(dataset(c) for _, _, c in ar_models + models):
         val = load_split(d, 'val')
         # real text: every generator rewrites tokens 2..sample_length of its dataset's reference rows
         reference = get_batch(val, num_samples, sample_length, torch.Generator().manual_seed(seed + 3), device)[0]
-        data[d] = SimpleNamespace(val=val, cpt=chars_per_token(d, 'val'), decode=load_tokenizer(d)[1],
-                                  reference=reference)
+        decode = load_tokenizer(d)[1]
+        data[d] = SimpleNamespace(val=val, cpt=chars_per_token(d, 'val'), decode=decode, reference=reference,
+                                  source=decode(load_split(d, 'train')[:copy_source_tokens].tolist()))
     judge_dataset = dataset(judge_checkpoint)
     meta = read_meta(judge_dataset)
     # a char judge has no token for a character its training text lacked, which a BPE can write (any byte):

@@ -98,18 +98,27 @@ def written_chars(tokens, decode):
     return sum(len(decode(row)) - len(decode(row[:1])) for row in tokens.tolist())
 
 
-def sample_metrics(tokens, decode, judge, judge_encode, judge_decode, repetition_n=4, unknown=None):
+def copied_share(texts, source, n=8):
+    """The share of the character n-grams of texts found verbatim in source (a training text): an
+    overfit model recites its training text, which a judge's NLL rewards."""
+    grams = [text[i:i + n] for text in texts for i in range(len(text) - n + 1)]
+    return sum(gram in source for gram in grams) / max(1, len(grams))
+
+
+def sample_metrics(tokens, decode, judge, judge_encode, judge_decode, repetition_n=4, unknown=None, source=None):
     """The sample-quality metrics of samples (B, L) that decode writes as text: the judge NLL per
     character (judge_nll_per_char of the text stripped of the characters that the regex unknown
     matches, those a char judge has no token for, which are counted), unigram entropy and
     repetition in the generator's own tokens, the share of newlines among the characters (a
-    sampler that writes many short lines, e.g. speaker names, scores a low NLL), the characters
+    sampler that writes many short lines, e.g. speaker names, scores a low NLL), the share of
+    8-grams copied from the training text source (copied_share; None without one), the characters
     written per sample (written_chars), and the first sample decoded."""
     rows = [decode(row) for row in tokens.tolist()]
     stripped, dropped = (rows, [0]) if unknown is None else zip(*(unknown.subn('', r) for r in rows))
     return dict(nll=judge_nll_per_char(judge, judge_encode, judge_decode, stripped, tokens.device),
                 unknown=sum(dropped), entropy=unigram_entropy(tokens), rep=repetition(tokens, repetition_n),
                 newlines=sum(r.count('\n') for r in rows) / max(1, sum(map(len, rows))),
+                copied=None if source is None else copied_share(rows, source),
                 chars=written_chars(tokens, decode) / len(rows), text=rows[0])
 
 
@@ -130,8 +139,8 @@ def match_entropy(measure, target, start_temperature, tolerance, max_tries, min_
     temperature by 25 % toward the target until two tries bracket it, then takes the secant between
     the bracketing pair, until both ends of the bracket lie within tolerance (a fraction of the
     target) of the target (at most max_tries calls of measure, in [min_temperature, max_temperature]),
-    or until one try lands within a twentieth of the band. 'nll', 'rep', 'newlines' and 'temperature'
-    are then interpolated linearly in entropy between those two tries, at the target itself: a band
+    or until one try lands within a twentieth of the band. 'nll', 'rep', 'newlines', 'copied' (if
+    measured) and 'temperature' are then interpolated linearly in entropy between those two tries, at the target itself: a band
     alone is not enough, since the NLL moves fast with the entropy (a row at the top of a 2 % band
     pays ~0.1 nats). Returns the try closest to the target with tries= (the calls of measure) and
     matched=True, its interpolated keys and entropy=target, or that try as it is when it lies within
@@ -157,7 +166,8 @@ def match_entropy(measure, target, start_temperature, tolerance, max_tries, min_
     closest = closest_try(tries, target)
     if not bracketed or exact:
         return dict(closest, tries=len(tries), matched=bracketed)
-    interpolated = {key: at_target(below, above, key, target) for key in ('nll', 'rep', 'newlines', 'temperature')}
+    interpolated = {key: at_target(below, above, key, target) for key in ('nll', 'rep', 'newlines', 'copied', 'temperature')
+                    if below.get(key) is not None}
     return dict(closest, **interpolated, entropy=target, tries=len(tries), matched=True)
 
 
@@ -165,17 +175,15 @@ def match_entropy(measure, target, start_temperature, tolerance, max_tries, min_
 # proofreading
 
 def substitute_tokens(x, rate, vocab, generator):
-    """Replace exactly int(T * rate) random positions of every row of x (B, T) with a
-    random token of the base vocabulary that is never the original one. Returns the
-    corrupted tokens and the (B, T) bool truth mask of the substituted positions."""
+    """x (B, T) with exactly int(T * rate) random positions of every row replaced by a random other token of the
+    base vocabulary, and the (B, T) bool truth mask of those positions."""
     truth = exact_fraction_positions(x, rate, generator)
     return torch.where(truth, random_other_tokens(x, vocab, generator), x), truth
 
 
 def detection_prf(flags, truth):
-    """Precision, recall and F1 of the flagged positions against the true ones (bool
-    tensors of one shape), counted over all positions together (micro-average). A ratio
-    with nothing to count (no flag, no true position) is 0, as is F1 when both are 0."""
+    """Precision, recall and F1 of the flagged positions against the true ones (bool tensors of one shape), over
+    all positions together (micro-average). A ratio with nothing to count is 0, as is F1 when both are 0."""
     tp = (flags & truth).sum().item()
     n_flags, n_truth = flags.sum().item(), truth.sum().item()
     precision = tp / n_flags if n_flags else 0.0
@@ -207,12 +215,10 @@ def best_threshold(scores, truth):
 
 @torch.no_grad()
 def tuned_threshold(score, batches, rate, vocab, generator):
-    """The F1-best threshold (best_threshold) of a detector that flags the tokens whose score is below
-    it, score(tokens) (B, T) being low where the detector doubts a token: on clean batches (B, T) of
-    ids below vocab with a share rate of their tokens substituted (substitute_tokens, batch after
-    batch with generator). Any detector: 1 - p([WRONG]) of a diffusion model, whose [WRONG] argmax
-    rarely wins when it was trained with few random tokens, or an AR model's probability of each
-    token given the text before it (ar_token_probs)."""
+    """The F1-best threshold (best_threshold) of a detector that flags the tokens whose score(tokens) (B, T) is
+    below it, on clean batches (B, T) of ids below vocab with a share rate substituted (substitute_tokens, batch
+    after batch with generator). Any detector: 1 - p([WRONG]) of a diffusion model (whose [WRONG] argmax rarely
+    wins when it was trained with few random tokens), or an AR model's token probabilities (ar_token_probs)."""
     corrupted = [substitute_tokens(x, rate, vocab, generator) for x in batches]
     scores = torch.cat([score(tokens) for tokens, _ in corrupted])
     return best_threshold(scores, torch.cat([truth for _, truth in corrupted]))[0]
@@ -241,10 +247,8 @@ def ar_rewrite(model, tokens, flags, vocab, ctx=nullcontext()):
 
 
 def char_error_rate(pred, ref):
-    """Fraction of positions where pred differs from ref (tensors of one shape): the
-    Hamming distance per token. For substitution-only corruption and a corrector that
-    keeps every position in place, as here, the texts stay aligned and this is the
-    character error rate; it is not an edit distance (an insertion would shift all)."""
+    """Fraction of positions where pred differs from ref (one shape): the character error rate of texts that
+    stay aligned (substitutions only, as here); not an edit distance (an insertion would shift all)."""
     return (pred != ref).double().mean().item()
 
 
@@ -295,8 +299,8 @@ def block_label(model):
 
 
 def validation_table(rows, settings):
-    """rows, the AR baseline first: name, dataset, cpt (its characters per token, or None), block, objective,
-    loss (nats/token) and masked ({masked share in %: masked CE in nats/token, or None})."""
+    """rows, the AR baseline first: name, dataset, cpt (its characters per token, or None), block, objective, loss
+    (nats/token), error (its standard error, or None) and masked ({masked share in %: masked CE in nats/token, or None})."""
     shares, s, ar = list(rows[0]['masked']), settings, rows[0]
     per_char = lambda nats, r: None if nats is None or r['cpt'] is None else nats / r['cpt']
 
@@ -318,14 +322,15 @@ def validation_table(rows, settings):
         "for a model trained on it (`elbo`; `token_mean` weighting and a clipped range of mask rates train on a "
         "reweighting of it, a `seed`-trained model never saw mask-only inputs at every t). Per character: nats/token "
         "divided by the characters per token of the dataset's val split (its meta.json; `-` where it has no counts), "
-        f"the unit that compares tokenizers. `vs AR` = loss / the val NLL of {ar['name']}, per character when "
+        f"the unit that compares tokenizers; s.e.: the bound's standard error over the val batches (each draws its own "
+        "noise levels; AR: `-`). `vs AR` = loss / the val NLL of {ar['name']}, per character when "
         "the datasets differ (1 would be AR's likelihood). Diffusion block: tokens denoised together (BD3-LM), `full` "
         f"= the whole sequence. Masked CE: mean CE over the words at exactly {'/'.join(shares)} % masked positions "
         "(the fill-in-the-blank loss, comparable across objectives), per token, then per character."],
-        ['model', 'diffusion block', 'objective', 'nats/token', 'bits/token', 'nats/char', 'bits/char', 'vs AR']
+        ['model', 'diffusion block', 'objective', 'nats/token', 'bits/token', 'nats/char', 's.e./char', 'bits/char', 'vs AR']
         + [f"masked CE {share}%" for share in shares] + [f"masked CE/char {share}%" for share in shares],
         [[r['name'], r['block'], r['objective'], fmt(r['loss'], 4), fmt(r['loss'] / math.log(2), 4),
-          fmt(per_char(r['loss'], r), 4), fmt(None if r['cpt'] is None else r['loss'] / r['cpt'] / math.log(2), 4),
+          fmt(per_char(r['loss'], r), 4), fmt(per_char(r['error'], r), 4), fmt(None if r['cpt'] is None else r['loss'] / r['cpt'] / math.log(2), 4),
           fmt(vs_ar(r))] + [fmt(r['masked'][share]) for share in shares]
          + [fmt(per_char(r['masked'][share], r)) for share in shares] for r in rows])
 
@@ -365,7 +370,9 @@ def fixed_table(rows, judge, settings):
         "Entropy: unigram entropy (nats) of all generated tokens pooled; repeated n-grams: mean over samples of the "
         f"fraction of a sample's {s['repetition_n']}-grams that repeat an earlier one in it; both in the generator's "
         "own tokens, so compare them with the `val text` row of its dataset; newlines: the share of newline "
-        "characters in the decoded text. **Read the judge NLL next to all three**: a low NLL with a collapsed entropy "
+        "characters in the decoded text; copied 8-grams: the share of the character 8-grams of the text found verbatim in "
+        "the generator's training text (an overfit model recites it, and the judge rewards that). **Read the judge "
+        "NLL next to all four**: a low NLL with a collapsed entropy "
         "or a high repetition is a degenerate sampler (repeating frequent tokens), and one with many more newlines "
         "than real text writes short lines (speaker names) that are easy to predict; neither is a good one. The next "
         "table compares generators at the entropy of real text. The `val text` row is real text of the same size, "
@@ -380,9 +387,9 @@ def fixed_table(rows, judge, settings):
         "(`/block`), seeing the finished blocks through a KV cache; forward passes are all the passes "
         "sampling.generate used. The first sample of each row is in samples.txt."],
         ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'chars/pass', 'judge nats/char', 'entropy',
-         f"repeated {s['repetition_n']}-grams", 'newlines'],
+         f"repeated {s['repetition_n']}-grams", 'newlines', 'copied 8-grams'],
         [[r['name'], r['block'], r['sampler'], r['steps_label'], r['passes'], chars_per_pass(r), fmt(r['nll']),
-          fmt(r['entropy']), fmt(r['rep']), fmt(r['newlines'])] for r in rows])
+          fmt(r['entropy']), fmt(r['rep']), fmt(r['newlines']), fmt(r['copied'])] for r in rows])
 
 
 def matched_table(references, rows, generations, ar_name, judge, settings):
@@ -399,18 +406,18 @@ def matched_table(references, rows, generations, ar_name, judge, settings):
         f"size). From temperature {s['temperature']}, the search steps the temperature (in [{s['min_temperature']}, "
         f"{s['max_temperature']}]) until two tries within {s['match_tolerance'] * 100:g} % of the target entropy lie "
         f"one on each side of it, at most {s['match_tries']} tries (`tries`) of {s['num_samples']} samples each, with "
-        "the same seed at every temperature; the judge NLL, repetition, newline share and temperature are "
-        "interpolated linearly in entropy between those two, at the target exactly (a row anywhere in a 2 % band "
+        "the same seed at every temperature; the judge NLL, repetition, newline and copied shares and temperature "
+        "are interpolated linearly in entropy between those two, at the target exactly (a row anywhere in a 2 % band "
         "could be ~0.1 nats better or worse), or a single try within a twentieth of the band is taken as it is. A "
         "generator with neither shows its try closest to the target, `not matched`, at the bottom. Rows sorted by "
         "judge NLL (nats/char: comparable across tokenizers), `vs AR` = judge NLL / the matched judge NLL of "
         f"{ar_name} ({ar['nll']:.3f}). Forward passes and chars/pass: the try closest to the target; every try's "
         "first sample is in samples.txt." + unknown_note(generations, judge)],
         ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge nats/char', 'vs AR', 'entropy',
-         f"repeated {s['repetition_n']}-grams", 'newlines', 'forward passes', 'chars/pass', 'matched'],
+         f"repeated {s['repetition_n']}-grams", 'newlines', 'copied 8-grams', 'forward passes', 'chars/pass', 'matched'],
         [[r['name'], r['block'], r['sampler'], r['steps_label'],
           r['temperature'] if r['model'] is None else fmt(r['temperature']), r.get('tries', '-'), fmt(r['nll']),
-          fmt(r['nll'] / ar['nll']), fmt(r['entropy']), fmt(r['rep']), fmt(r['newlines']), r['passes'],
+          fmt(r['nll'] / ar['nll']), fmt(r['entropy']), fmt(r['rep']), fmt(r['newlines']), fmt(r['copied']), r['passes'],
           chars_per_pass(r), 'reference' if r['model'] is None else 'yes' if r['matched'] else 'not matched']
          for r in [*references.values()] + rows])
 

@@ -76,3 +76,29 @@ def write_plots(out, fixed, matched, proofreading, dataset_of, temperature, repe
     fig.savefig(os.path.join(out, 'proofreading.png'), dpi=100)
     plt.close('all')
     return ['sample_quality.png', 'matched_diversity.png', 'proofreading.png']
+
+
+def write_scarce_plot(path, rows):
+    """Write the best val against the size of the training text to path (a PNG) and return it, or None
+    when matplotlib is not installed. rows: dicts with model (its label), chars (the training text's
+    characters) and best (the best val of each seed, nats/char): every seed a point, one line per model
+    through the means."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5), layout='constrained')
+    for model, style in zip(dict.fromkeys(r['model'] for r in rows), itertools.cycle(MARKERS)):
+        mine = sorted((r['chars'], r['best']) for r in rows if r['model'] == model and r['best'])
+        line, = ax.plot([c for c, _ in mine], [sum(b) / len(b) for _, b in mine], style, label=model)
+        for chars, best in mine:
+            ax.plot([chars] * len(best), best, '.', color=line.get_color())
+    ax.set_xscale('log')
+    ax.set_xlabel('training text (characters; the val text is the same for all)')
+    ax.set_ylabel('best val: AR NLL or diffusion bound (nats/char)')
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

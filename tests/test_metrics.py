@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metrics import (ar_rewrite, ar_token_probs, char_error_rate, detection_prf, judge_token_nlls, match_entropy,
+from metrics import (ar_rewrite, ar_token_probs, char_error_rate, copied_share, detection_prf, judge_token_nlls, match_entropy,
                      repetition, sample_metrics, substitute_tokens, tuned_threshold, unigram_entropy, written_chars)
 from model import GPT, GPTConfig
 
@@ -75,7 +75,7 @@ def test_repetition():
 
 def try_at(t, entropy_at):
     """A generation at temperature t whose entropy is entropy_at(t) and whose other metrics are linear in t."""
-    return dict(entropy=entropy_at(t), temperature=t, nll=3 - t, rep=t / 10, newlines=t / 100, text=f'at {t}')
+    return dict(entropy=entropy_at(t), temperature=t, nll=3 - t, rep=t / 10, newlines=t / 100, copied=t / 5, text=f'at {t}')
 
 
 def recorded(entropy_at):
@@ -95,7 +95,8 @@ def test_match_entropy_interpolates_between_two_tries_in_band():
     result = match_entropy(measure, 3.0, 1.0, 0.02, 8, 0.3, 2.5)
     assert calls == [1.0, 1.25]
     assert result['matched'] and result['tries'] == 2 and result['entropy'] == 3.0
-    assert [result[k] for k in ('temperature', 'nll', 'rep', 'newlines')] == pytest.approx([1.15, 1.85, 0.115, 0.0115])
+    assert [result[k] for k in ('temperature', 'nll', 'rep', 'newlines', 'copied')] == pytest.approx(
+        [1.15, 1.85, 0.115, 0.0115, 0.23])
     assert result['text'] == 'at 1.25' # the rest is the try closest to the target
 
 
@@ -235,10 +236,20 @@ def test_sample_metrics_by_hand():
     assert found['nll'] == pytest.approx(bigram_nll_by_hand(tokens.tolist(), 5), rel=1e-6)
     assert (found['entropy'], found['rep']) == (unigram_entropy(tokens), repetition(tokens, 2))
     assert (found['newlines'], found['chars'], found['text'], found['unknown']) == (1 / 10, 4, 'ab\nca', 0)
+    assert found['copied'] is None # no training text given
+    nine = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]]) # 'ab\ncdab\nc': two 8-grams, the first in the source
+    assert sample_metrics(nine, decode, judge, encode, decode, 2, source='dab\ncdab\nd')['copied'] == 1 / 2
     dropped = sample_metrics(tokens, decode, judge, encode, decode, repetition_n=2, unknown=re.compile('[d]'))
     assert dropped['unknown'] == 1 and dropped['entropy'] == found['entropy'] # the generator's tokens stay
     stripped = [[0, 1, 2, 3, 0], [3, 3, 0, 1]] # 'ccdab' without its 'd'
     assert dropped['nll'] == pytest.approx(bigram_nll_by_hand(stripped, 5), rel=1e-6)
+
+
+def test_copied_share_counts_the_ngrams_found_verbatim():
+    source = 'to be or not to be'
+    assert copied_share(['to be', 'xo be'], source, n=4) == 3 / 4 # 'to b', 'o be' | 'xo b', 'o be'
+    assert copied_share(['or n', 'abc'], source, n=4) == 1.0 # a text shorter than n has no n-grams
+    assert copied_share(['ab'], source, n=4) == 0.0
 
 
 def test_written_chars_leaves_out_the_first_token():
