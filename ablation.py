@@ -6,8 +6,10 @@ trained for its 2,500 iterations at two or more seeds; the table gives the final
 recipe='elbo' ablates the ELBO objective, recipe='seed' the [MASK]/[WRONG] recipe.
 recipe='scarce' asks when diffusion beats AR: each model on the first train_chars characters of
 the training text (data/shakespeare_char/prepare.py --train_chars=N, the val text unchanged),
-evaluated every 250 iterations and stopped 3 evals after its best; the table gives each run's best
-val (AR NLL, diffusion bound +- its standard error) and the epoch where it was reached, and
+evaluated every 250 iterations (100 on 10,000 characters or fewer), its best checkpoint kept and
+stopped 3 evals after it; the table
+evaluates each kept checkpoint again on final_batches val batches (AR NLL, diffusion bound, each
++- its standard error) and gives the epoch where it was reached, and
 <out_root>/scarce.png plots it against the size of the training text.
 
 $ python ablation.py                         # every ELBO row, two runs at a time, one thread each
@@ -18,15 +20,18 @@ Finished runs (train.py exited 0: a .done file beside the log) are read, not rer
 runs stopped by Ctrl-C continue from their checkpoint, so the script can be stopped and
 started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
 """
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
 
+import torch
+
 from configurator import configure, note_for_ctrl_c, parse_list, require
-from diffusion import MASKED_METRICS
-from loading import load_split, read_log
+from diffusion import MASKED_METRICS, elbo_bound
+from loading import chars_per_token, get_batch, load_checkpoint, load_split, model_from_checkpoint, read_log
 from plots import write_scarce_plot
 from progress import progress
 
@@ -35,6 +40,9 @@ train_chars = '25000,100000' # recipe='scarce': the sizes of the training text, 
 rows = '' # comma-separated names from the recipe's rows below ('' = all)
 seeds = '1337,1338' # comma-separated training seeds, at least two for a spread
 train_args = '' # extra train.py arguments for every run, e.g. '--max_iters=1000 --lr_decay_iters=1000'
+final_error = 0.005 # recipe='scarce': each run's kept (best) checkpoint is evaluated again on the same val batches of 16
+                    # rows, 100 at a time, until the standard error of its val is below this (nats/char)
+final_batches = 2000 # ... or until this many batches
 jobs = 2 # trainings at once; each gets cpus // jobs threads (2 cores: two 1-thread runs beat one 2-thread run by ~30%)
 log_dir = 'logs/ablation'
 out_root = 'out-ablation'
@@ -67,8 +75,9 @@ SEED_ROWS = {
     'seed_penalty_0.1': ("keep penalty 0.1 instead of 0.5", {'penalty_mask_correct': 0.1}),
     'seed_no_discount': ("no soft discount (reward_correct_unmask 1)", {'reward_correct_unmask': 1.0}),
 }
-# scarce data: every model on each slice, evaluated often, the best val kept, stopped 3 evals after it
-SCARCE_BASELINE = {'always_save_checkpoint': False, 'eval_interval': 250, 'eval_iters': 50, 'patience': 3}
+# scarce data: every model on each slice, evaluated at least every 25 epochs (250 iterations of 2,048 characters, 100 on
+# slices of 10,000 characters and fewer), the best val kept, stopped 3 evals after it
+SCARCE_BASELINE = {'always_save_checkpoint': False, 'eval_iters': 50, 'patience': 3}
 SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     'ar': ("AR twin", 'config/train_shakespeare_ar_cpu.py', {}),
     'ar_dropout': ("AR twin, dropout 0.2", 'config/train_shakespeare_ar_cpu.py', {'dropout': 0.2}),
@@ -83,7 +92,7 @@ SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
 sizes = parse_list(train_chars, int, 'train_chars') if recipe == 'scarce' else []
 SLICES = {n: f'shakespeare_char_{n}' if n else 'shakespeare_char' for n in sizes} # size -> its prepared dataset
 SCARCE_ROWS = {f"{model}_{n or 'all'}": (f"{what}, {f'{n:,} chars' if n else 'all the text'}", config,
-                                        {**overrides, 'dataset': SLICES[n]})
+                                        {**overrides, 'dataset': SLICES[n], 'eval_interval': 100 if 0 < n <= 10_000 else 250})
                for n in sizes for model, (what, config, overrides) in SCARCE_MODELS.items()}
 RECIPES = {'elbo': ('config/train_shakespeare_diffusion_elbo_cpu.py', ELBO_BASELINE, ELBO_ROWS),
            'seed': ('config/train_shakespeare_diffusion_cpu.py', SEED_BASELINE, SEED_ROWS),
@@ -98,14 +107,32 @@ seed_list = parse_list(seeds, int, 'seeds')
 require(jobs >= 1, f"jobs must be >= 1, not {jobs}")
 
 
+@torch.no_grad()
 def best_eval(run_dir, chars):
-    """(best val: the diffusion bound or the AR val loss, nats/char; the bound's standard error or None;
-    its iteration; the epochs of a training text of `chars` characters by then) of a run, from its log.jsonl."""
-    best = min(read_log(run_dir, 'eval'), key=lambda e: e.get('bound', e['val']))
-    epochs = best['iter'] * read_log(run_dir, 'start')[-1]['tokens_per_iter'] / chars # char tokens
-    per_char = best.get('val_chars_per_token') or 1
-    error = best.get('bound_se')
-    return best.get('bound', best['val']) / per_char, error and error / per_char, best['iter'], epochs
+    """(val, its standard error, in nats/char; the iteration of the checkpoint; the epochs of a training text of
+    `chars` characters by then) of the checkpoint a run kept, its best, evaluated again (final_error): an AR
+    model's NLL, a diffusion model's bound (diffusion.elbo_bound). Kept in the run's final_val.json."""
+    checkpoint, saved = load_checkpoint(run_dir), os.path.join(run_dir, 'final_val.json')
+    key = dict(iter=checkpoint['iter_num'], final_error=final_error, final_batches=final_batches)
+    found = json.load(open(saved)) if os.path.exists(saved) else {}
+    if {k: found.get(k) for k in key} != key:
+        model, dataset = model_from_checkpoint(checkpoint).eval(), checkpoint['config']['dataset']
+        val, per_char = load_split(dataset, 'val'), chars_per_token(dataset, 'val') or 1
+        batch_seed, noise, means, errors = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1), [], []
+        error = lambda: sum(e * e for e in errors) ** 0.5 / len(errors) / per_char # of the mean of independent chunks
+        while not errors or (error() > final_error and len(means) * 100 < final_batches):
+            batches = [get_batch(val, 16, model.config.block_size, batch_seed, 'cpu') for _ in range(100)]
+            if model.config.model_type == 'gpt2':
+                losses = torch.tensor([model(x, y)[1].item() for x, y in batches])
+                chunk = losses.mean().item(), (losses.std() / 10).item()
+            else:
+                chunk = elbo_bound(model, [x for x, _ in batches], noise)
+            means.append(chunk[0])
+            errors.append(chunk[1])
+        found = dict(key, val=sum(means) / len(means) / per_char, error=error())
+        json.dump(found, open(saved, 'w'))
+    epochs = checkpoint['iter_num'] * read_log(run_dir, 'start')[-1]['tokens_per_iter'] / chars # char tokens
+    return found['val'], found['error'], checkpoint['iter_num'], epochs
 
 
 def prepare_slices():
@@ -160,14 +187,15 @@ while todo or running:
 bar.close()
 
 if recipe == 'scarce':
-    print(f"\n| row | model | best val per seed ({', '.join(map(str, seed_list))}), nats/char | at iteration (epochs) |")
+    print(f"\n| row | model | val of the kept checkpoint per seed ({', '.join(map(str, seed_list))}), nats/char | "
+          "at iteration (epochs) |")
     print("|---|---|---|---|")
     points = [] # the plot's rows
     for name in names:
         chars = len(load_split(ROWS[name][2]['dataset'], 'train')) # char tokens
         found = [best_eval(f'{out_root}/{n}-s{seed}', chars) for n, seed, log in runs if n == name and os.path.exists(log + '.done')]
         points.append(dict(model=ROWS[name][0].rsplit(', ', 1)[0], chars=chars, best=[v for v, _, _, _ in found]))
-        print(f"| {name} | {ROWS[name][0]} | {' / '.join(f'{v:.3f}' + (f' +- {se:.3f}' if se else '') for v, se, _, _ in found)} | "
+        print(f"| {name} | {ROWS[name][0]} | {' / '.join(f'{v:.3f} +- {se:.3f}' for v, se, _, _ in found)} | "
               f"{' / '.join(f'{it} ({epochs:.0f})' for _, _, it, epochs in found)} |")
     plot = write_scarce_plot(os.path.join(out_root, 'scarce.png'), points)
     print(f"\nplot: {plot or 'none (matplotlib is not installed: pip install matplotlib)'}")

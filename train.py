@@ -39,7 +39,8 @@ log_interval = 1 # print a log line every this many iterations
 eval_iters = 200 # batches per split for each evaluation
 eval_only = False # if True, script exits right after the first eval
 always_save_checkpoint = True # if True, always save a checkpoint after each eval, else only when val improves (a diffusion model's val: its bound)
-patience = 0 # stop once val has not improved for this many evals (early stopping; 0 = train to max_iters)
+patience = 0 # stop once val has not improved for this many evals (early stopping; 0 = train to max_iters). A stop by
+             # Ctrl-C saves the state of that iteration, to resume from, over the best checkpoint
 init_from = 'scratch' # 'scratch', 'resume' (from out_dir), 'gpt2*' (OpenAI weights) or a directory with an AR checkpoint of this project
 # wandb logging
 wandb_log = False # disabled by default

@@ -3,7 +3,7 @@ model without proofreading rows, detectors with a different number of rates), an
 needs no matplotlib to import."""
 import pytest
 
-from plots import write_plots
+from plots import write_plots, write_scarce_plot
 
 NAMES = ('val text', 'ar', 'block', 'full')
 
@@ -29,3 +29,13 @@ def test_plots_of_an_unusual_mix(tmp_path):
     assert written == ['sample_quality.png', 'matched_diversity.png', 'proofreading.png']
     for name in written:
         assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_scarce_plot_of_uneven_seeds(tmp_path):
+    """Best val against the training text: a model with two seeds at one size and one at another, and a
+    model without any finished run at one size (left out, not drawn as zero)."""
+    pytest.importorskip('matplotlib', reason='plots need matplotlib (pip install matplotlib)')
+    rows = [dict(model='AR', chars=10_000, best=[2.5, 2.52]), dict(model='AR', chars=25_000, best=[2.3]),
+            dict(model='ELBO', chars=10_000, best=[]), dict(model='ELBO', chars=25_000, best=[2.36, 2.37])]
+    path = write_scarce_plot(str(tmp_path / 'scarce.png'), rows)
+    assert path == str(tmp_path / 'scarce.png') and (tmp_path / 'scarce.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
