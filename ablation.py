@@ -37,6 +37,7 @@ from progress import progress
 
 recipe = 'elbo' # 'elbo', 'seed' or 'scarce': which config and rows (RECIPES below)
 train_chars = '25000,100000' # recipe='scarce': the sizes of the training text, in characters, comma-separated (0 = all of it)
+text = '' # recipe='scarce': the text file to slice ('' = prepare.py's default, Tiny Shakespeare downloaded once)
 rows = '' # comma-separated names from the recipe's rows below ('' = all)
 seeds = '1337,1338' # comma-separated training seeds, at least two for a spread
 train_args = '' # extra train.py arguments for every run, e.g. '--max_iters=1000 --lr_decay_iters=1000'
@@ -137,12 +138,14 @@ def best_eval(run_dir, chars):
 
 def prepare_slices():
     """data/shakespeare_char_N for each size N: the first N characters of the training text, the usual val text
-    (and data/shakespeare_char itself for N = 0)."""
-    cached = os.path.join('data', 'shakespeare_char', 'input.txt') # where a first prepare.py leaves the text
-    for n, name in sorted(SLICES.items()): # the whole text first: the slices reuse its download
+    (and data/shakespeare_char itself for N = 0), all from one text: their val splits must be the same."""
+    for n, name in SLICES.items():
         if not os.path.exists(os.path.join('data', name, 'val.bin')):
-            subprocess.run([sys.executable, 'data/shakespeare_char/prepare.py', *([f'--train_chars={n}', f'--out_dir=data/{name}']
-                            if n else []), *([f'--input={cached}'] if n and os.path.exists(cached) else [])], check=True)
+            subprocess.run([sys.executable, 'data/shakespeare_char/prepare.py', *([f'--input={text}'] if text else []),
+                            *([f'--train_chars={n}', f'--out_dir=data/{name}'] if n else [])], check=True)
+    vals = {name: open(os.path.join('data', name, 'val.bin'), 'rb').read() for name in SLICES.values()}
+    require(len(set(vals.values())) <= 1, f"the val texts of {', '.join(vals)} differ: they were prepared from different "
+            "texts (offline, prepare.py falls back to another corpus); delete them and run again with --text=PATH")
 
 
 def final_eval(run_dir):
