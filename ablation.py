@@ -6,7 +6,7 @@ trained for its 2,500 iterations at two or more seeds; the table gives the final
 recipe='elbo' ablates the ELBO objective, recipe='seed' the [MASK]/[WRONG] recipe.
 recipe='scarce' asks when diffusion beats AR: each model on the first train_chars characters of
 the training text (data/shakespeare_char/prepare.py --train_chars=N, the val text unchanged),
-evaluated every 250 iterations (100 on 10,000 characters or fewer), its best checkpoint kept and
+evaluated every 20 epochs or 250 iterations if sooner, its best checkpoint kept and
 stopped 3 evals after it; the table
 evaluates each kept checkpoint again on final_batches val batches (AR NLL, diffusion bound, each
 +- its standard error) and gives the epoch where it was reached, and
@@ -76,8 +76,8 @@ SEED_ROWS = {
     'seed_penalty_0.1': ("keep penalty 0.1 instead of 0.5", {'penalty_mask_correct': 0.1}),
     'seed_no_discount': ("no soft discount (reward_correct_unmask 1)", {'reward_correct_unmask': 1.0}),
 }
-# scarce data: every model on each slice, evaluated at least every 25 epochs (250 iterations of 2,048 characters, 100 on
-# slices of 10,000 characters and fewer), the best val kept, stopped 3 evals after it
+# scarce data: every model on each slice, evaluated every 20 epochs (an iteration is 2,048 characters: N // 100
+# iterations) or 250 iterations if sooner, the best val kept, stopped 3 evals after it
 SCARCE_BASELINE = {'always_save_checkpoint': False, 'eval_iters': 50, 'patience': 3}
 SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     'ar': ("AR twin", 'config/train_shakespeare_ar_cpu.py', {}),
@@ -93,7 +93,7 @@ SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
 sizes = parse_list(train_chars, int, 'train_chars') if recipe == 'scarce' else []
 SLICES = {n: f'shakespeare_char_{n}' if n else 'shakespeare_char' for n in sizes} # size -> its prepared dataset
 SCARCE_ROWS = {f"{model}_{n or 'all'}": (f"{what}, {f'{n:,} chars' if n else 'all the text'}", config,
-                                        {**overrides, 'dataset': SLICES[n], 'eval_interval': 100 if 0 < n <= 10_000 else 250})
+                                        {**overrides, 'dataset': SLICES[n], 'eval_interval': min(250, n // 100 or 250)})
                for n in sizes for model, (what, config, overrides) in SCARCE_MODELS.items()}
 RECIPES = {'elbo': ('config/train_shakespeare_diffusion_elbo_cpu.py', ELBO_BASELINE, ELBO_ROWS),
            'seed': ('config/train_shakespeare_diffusion_cpu.py', SEED_BASELINE, SEED_ROWS),
