@@ -268,7 +268,7 @@ def report_header(datasets, judge_dataset, settings):
 
 
 def fmt(v, digits=3):
-    return '-' if v is None else f"{v:.{digits}f}"
+    return '-' if v is None or math.isnan(v) else f"{v:.{digits}f}" # NaN: e.g. the standard error of one batch
 
 
 def markdown(title, notes, header, rows):

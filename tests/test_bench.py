@@ -114,8 +114,10 @@ def test_bench_end_to_end(bench, checkpoints):
     r, results, out = bench
     char, bpe = checkpoints['ar_dataset'], checkpoints['bpe_dataset']
     dataset_of = {'ar': char, 'seed': char, 'elbo': char, 'block': char, 'bpe_ar': bpe, 'bpe_block': bpe}
-    assert table(results, 'Validation loss')[0][:8] == ['model', 'diffusion block', 'objective', 'nats/token',
-                                                        'bits/token', 'nats/char', 'bits/char', 'vs AR']
+    assert table(results, 'Validation loss')[0][:9] == ['model', 'diffusion block', 'objective', 'nats/token',
+                                                        'bits/token', 'nats/char', 's.e./char', 'bits/char', 'vs AR']
+    # one val batch: a bound without a standard error, shown as '-' like AR's
+    assert {row[6] for row in table(results, 'Validation loss')[1:]} == {'-'}
     assert [row[:3] for row in table(results, 'Validation loss')[1:]] == [
         ['ar', '-', 'next token'], ['bpe_ar', '-', 'next token'], ['seed', 'full', 'seed'], ['elbo', 'full', 'elbo'],
         ['block', '4', 'elbo'], ['bpe_block', '4', 'elbo']]
@@ -124,16 +126,17 @@ def test_bench_end_to_end(bench, checkpoints):
     # count (the adaptive samplers once, capped at the largest count); a block model gets its steps per block
     quality = table(results, 'Sample quality at a fixed temperature')
     assert quality[0] == ['model', 'diffusion block', 'sampler', 'steps', 'forward passes', 'chars/pass',
-                          'judge nats/char', 'entropy', 'repeated 4-grams', 'newlines']
+                          'judge nats/char', 'entropy', 'repeated 4-grams', 'newlines', 'copied 8-grams']
     assert [row[:3] for row in quality[1:5]] == [[f'val text {char}', '-', 'reference'],
                                                  [f'val text {bpe}', '-', 'reference'],
                                                  ['ar', '-', 'autoregressive'], ['bpe_ar', '-', 'autoregressive']]
     for name in ('seed', 'elbo', 'block', 'bpe_block'):
         steps = {}
-        for model, block, sampler, step, passes, chars_per_pass, nll, entropy, rep, newlines in quality[5:]:
+        for model, block, sampler, step, passes, chars_per_pass, nll, entropy, rep, newlines, copied in quality[5:]:
             if model == name:
                 steps.setdefault(sampler, []).append(step)
                 assert 0 < float(nll) < 10 and 0 <= float(rep) <= 1 and 0 <= float(newlines) <= 1 and int(passes) >= 1
+                assert 0 <= float(copied) <= 1
                 if dataset_of[name] == char: # 11 characters written per sample
                     assert float(chars_per_pass) == pytest.approx(11 / int(passes), abs=0.005)
         if name in ('block', 'bpe_block'): # 2 or 4 passes over 11 tokens: one per block of 4
@@ -148,7 +151,8 @@ def test_bench_end_to_end(bench, checkpoints):
     matched = table(results, 'Sample quality at matched diversity')
     header = matched[0]
     assert header == ['model', 'diffusion block', 'sampler', 'steps', 'temperature', 'tries', 'judge nats/char',
-                      'vs AR', 'entropy', 'repeated 4-grams', 'newlines', 'forward passes', 'chars/pass', 'matched']
+                      'vs AR', 'entropy', 'repeated 4-grams', 'newlines', 'copied 8-grams', 'forward passes', 'chars/pass',
+                      'matched']
     rows = [dict(zip(header, row)) for row in matched[1:]]
     assert [row['model'] for row in rows[:2]] == [f'val text {char}', f'val text {bpe}']
     assert all(row['matched'] == 'reference' for row in rows[:2])
