@@ -10,6 +10,17 @@ MARKERS = ('-o', '--s', ':^', '-.D', '-P', '--X', ':v') # one per sampler, cycle
 DASHES = ('--', ':', '-.') # the reference lines (real text, AR), one style each
 
 
+def pyplot():
+    """matplotlib.pyplot on a backend that needs no display, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def write_plots(out, fixed, matched, proofreading, dataset_of, temperature, repetition_n):
     """Write sample_quality.png, matched_diversity.png and proofreading.png to out and return
     their names, or [] when matplotlib is not installed.
@@ -18,11 +29,8 @@ def write_plots(out, fixed, matched, proofreading, dataset_of, temperature, repe
     reference lines, every diffusion (name, sampler) as a curve over forward passes.
     proofreading: rows with name, detector, rate, prf (precision, recall, F1), before, after.
     dataset_of: {generator name: its dataset}."""
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     is_reference = lambda r: r['model'] is None or r['sampler'] == 'autoregressive'
     cycle = plt.rcParams['axes.prop_cycle'].by_key()['color']
@@ -83,11 +91,8 @@ def write_scarce_plot(path, rows):
     when matplotlib is not installed. rows: dicts with model (its label), chars (the training text's
     characters) and best (the best val of each seed, nats/char): every seed a point, one line per model
     through the means."""
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 5), layout='constrained')
     for model, style in zip(dict.fromkeys(r['model'] for r in rows), itertools.cycle(MARKERS)):
