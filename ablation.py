@@ -6,10 +6,9 @@ trained for its 2,500 iterations at two or more seeds; the table gives the final
 recipe='elbo' ablates the ELBO objective, recipe='seed' the [MASK]/[WRONG] recipe.
 recipe='scarce' asks when diffusion beats AR: each model on the first train_chars characters of
 the training text (data/shakespeare_char/prepare.py --train_chars=N, the val text unchanged),
-evaluated every 20 epochs or 250 iterations if sooner, its best checkpoint kept and
-stopped 3 evals after it; the table
-evaluates each kept checkpoint again on final_batches val batches (AR NLL, diffusion bound, each
-+- its standard error) and gives the epoch where it was reached, and
+evaluated every 20 epochs or 250 iterations if sooner, its best checkpoint kept and stopped 3
+evals after it; the table evaluates each kept checkpoint again until the standard error of its
+val is under final_error (AR NLL, diffusion bound), gives the epoch where it was reached, and
 <out_root>/scarce.png plots it against the size of the training text.
 
 $ python ablation.py                         # every ELBO row, two runs at a time, one thread each
