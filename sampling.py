@@ -218,6 +218,7 @@ def speculative_sample(model, x, temperature=1.0, top_k=None, top_p=None, genera
     The token at the start of the text, which no clean token comes before, is the draft's.
     Rows accept different numbers of drafts; the block is done when every row is.
     Temperature, top_k and top_p shape p and q alike; fixed positions are kept and not drawn.
+    on_step(passes, tokens) sees the drafts too: a rejected one is replaced in place.
     Returns (tokens, forward_passes)."""
     if not model.config.causal_clean:
         raise ValueError("the speculative sampler needs a block model with a causal clean stream: "
@@ -263,8 +264,8 @@ def speculative_sample(model, x, temperature=1.0, top_k=None, top_p=None, genera
         tokens = torch.where(from_copy, draw(q_copy, generator), tokens)
         q = torch.where(from_copy[..., None], q_copy, q)
         drafted, written = after, (stop + 1).clamp(max=L)
-        if on_step is not None:
-            on_step(passes, torch.where((pos < written[:, None]) | fixed, tokens, mask_id))
+        if on_step is not None: # the written tokens and the drafts the next pass verifies
+            on_step(passes, torch.where((pos < written[:, None]) | fixed | drafted, tokens, mask_id))
     return tokens, passes
 
 

@@ -14,6 +14,7 @@ STATES = {'fixed': 'given (the prompt): never changed',
           'mask': 'masked',
           'flagged': 'sent back to [MASK] in this pass',
           'new': 'written in this pass',
+          'redrawn': 'replaced in this pass (a rejected draft)',
           'active': 'being written (block or window)',
           'cached': 'in the KV cache'}
 
@@ -30,6 +31,8 @@ def token_states(row, prev, fixed, span, cached, mask_id):
             s.append('flagged' if p != mask_id else 'mask')
         elif p == mask_id:
             s.append('new')
+        elif t != p: # only the speculative sampler's drafts change without going through [MASK]
+            s.append('redrawn')
         if start <= j < end:
             s.append('active')
         elif start - cached <= j < start:
@@ -44,7 +47,7 @@ def frame_states(replay, i, mask_id):
     return token_states(frames[i], frames[max(i - 1, 0)], replay['fixed'], replay['spans'][i], replay['cached'][i], mask_id)
 
 
-ANSI = {'mask': '2', 'flagged': '31', 'new': '32', 'active': '1', 'cached': '4'} # dim, red, green, bold, underline
+ANSI = {'mask': '2', 'flagged': '31', 'new': '32', 'redrawn': '33', 'active': '1', 'cached': '4'} # dim, red, green, yellow, bold, underline
 
 
 def render_terminal(row, states, decode, mask_glyph, colour):
@@ -78,7 +81,7 @@ PAGE = """<!DOCTYPE html>
 body { font-family: sans-serif; margin: 2em; max-width: 60em; }
 #text { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; border: 1px solid #ccc; padding: 1em; line-height: 1.6; }
 .active { background: #e3ecf7; } .cached { border-bottom: 2px solid #9bd; }
-.fixed { font-weight: bold; } .mask { color: #aaa; } .new { background: #c8f7c5; } .flagged { background: #f7c5c5; color: #c00; }
+.fixed { font-weight: bold; } .mask { color: #aaa; } .new { background: #c8f7c5; } .flagged { background: #f7c5c5; color: #c00; } .redrawn { background: #fad6a0; }
 </style></head><body>
 <h3>@TITLE@</h3>
 <p><button id="play">play</button> <input id="slider" type="range" min="0" value="0" style="width: 30em">
@@ -121,8 +124,10 @@ show(0);
 GIF_COLUMNS, GIF_FONT_SIZE = 64, 15 # text width in characters, and the font size
 GIF_FONT = 'DejaVuSansMono.ttf' # a fixed-pitch font, found among the system's fonts; else Pillow's default, drawn cell by cell
 COLOURS = {'paper': (255, 255, 255), 'active': (204, 222, 247), 'new': (200, 240, 196), 'flagged': (245, 190, 190),
-           'ink': (20, 20, 20), 'fixed': (30, 80, 170), 'caption': (90, 90, 90), 'cross': (200, 30, 30),
-           'mask': (190, 190, 190)} # four backgrounds, then what is drawn on them
+           'redrawn': (250, 214, 160), 'ink': (20, 20, 20), 'fixed': (30, 80, 170), 'caption': (90, 90, 90),
+           'cross': (200, 30, 30), 'mask': (190, 190, 190)} # five backgrounds, then what is drawn on them
+LEGEND = {'mask': 'masked', 'active': 'being written', 'new': 'written in this pass', 'flagged': 'sent back',
+          'redrawn': 'draft rejected'} # the states a frame may show, those that occur in the replay
 
 
 def layout(row, decode, mask_id):
@@ -143,7 +148,8 @@ def write_gif(path, title, replay, decode, mask_id):
     """An animated GIF (needs Pillow 10.1+) replaying the frames, one per pass, the last one held.
     Each frame is laid out from its own text (layout), in a fixed-pitch font; the block being
     written is tinted blue, tokens written in this pass green, tokens sent back to [MASK] red with
-    a cross, masks grey boxes, the prompt blue."""
+    a cross, rejected drafts orange, masks grey boxes, the prompt blue; the legend names the
+    states that occur."""
     from PIL import Image, ImageDraw, ImageFont
     try:
         font = ImageFont.truetype(GIF_FONT, GIF_FONT_SIZE)
@@ -157,7 +163,8 @@ def write_gif(path, title, replay, decode, mask_id):
     top = margin + 2 * ch # below the caption
     legend_y = top + lines * ch + ch // 2
     size = (2 * margin + GIF_COLUMNS * cw, legend_y + ch + margin)
-    legend = [('mask', 'masked'), ('active', 'being written'), ('new', 'written in this pass'), ('flagged', 'sent back')]
+    shown = {name for i in range(len(frames)) for s in frame_states(replay, i, mask_id) for name in s}
+    legend = [(name, label) for name, label in LEGEND.items() if name in shown]
 
     def box(draw, x, y, n, colour):
         inset_x, inset_y = (1, 4) if colour == 'mask' else (0, 0) # a mask is a glyph-sized box, a tint fills the cell
@@ -177,7 +184,7 @@ def write_gif(path, title, replay, decode, mask_id):
                   font=font, fill=COLOURS['ink'])
         for t, (line, column, n), s in zip(row, layouts[i], states):
             x, y = margin + column * cw, top + line * ch
-            for name in ('active', 'new', 'flagged', 'mask'): # backgrounds, in this order
+            for name in ('active', 'new', 'flagged', 'redrawn', 'mask'): # backgrounds, in this order
                 if name in s:
                     box(draw, x, y, n, name)
             if 'flagged' in s:
@@ -199,7 +206,7 @@ def write_gif(path, title, replay, decode, mask_id):
     # drawn on it, in 8 steps, so that flat colours stay exact, anti-aliased text keeps its
     # edges, and every frame stores only what changed
     shades = list(COLOURS.values())
-    mixes = {tuple(round(b + (f - b) * k / 7) for b, f in zip(back, fore)) for back in shades[:4] for fore in shades[4:]
+    mixes = {tuple(round(b + (f - b) * k / 7) for b, f in zip(back, fore)) for back in shades[:5] for fore in shades[5:]
              for k in range(8)}
     palette = Image.new('P', (1, 1))
     palette.putpalette([v for colour in sorted(mixes) for v in colour])

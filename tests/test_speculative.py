@@ -162,14 +162,16 @@ def test_prompt_template_long_text_and_rows_that_accept_differently():
     x[:, :3] = torch.tensor([1, 2, 3])
     x[1, 20:23] = 5 # fixed tokens in the middle
     x[2, -2:] = 4 # and at the end
-    written = []
-    y, passes = sample(model, x, temperature=0.8,
-                       on_step=lambda step, tokens, span, cached: written.append((tokens != MASK).sum(1)))
+    frames = []
+    y, passes = sample(model, x, temperature=0.8, on_step=lambda step, tokens, span, cached: frames.append(tokens))
     fixed = x != MASK
     assert torch.equal(y[fixed], x[fixed]) and not ((y == MASK) | (y == WRONG)).any()
-    assert passes == len(written) < (~fixed).sum(1).max() # several tokens in some passes
-    gains = torch.stack(written).diff(dim=0)
-    assert (gains != gains[:, :1]).any() # rows accepted different numbers of drafts in the same pass
+    assert passes == len(frames) < (~fixed).sum(1).max() and torch.equal(frames[-1], y) # several tokens in some passes
+    frames = torch.stack(frames)
+    gains = (frames != MASK).sum(2).diff(dim=0)
+    assert (gains != gains[:, :1]).any() # rows moved on by different numbers of tokens in the same pass
+    # each frame shows the drafts the next pass verifies: some are rejected and replaced in place
+    assert ((frames[1:] != frames[:-1]) & (frames[:-1] != MASK) & (frames[1:] != MASK)).any()
 
 
 def test_greedy_equals_ar_greedy():

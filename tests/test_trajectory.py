@@ -9,12 +9,13 @@ M = 99 # the [MASK] id of these tests
 
 def test_token_states_of_a_pass():
     """Prompt 0; block 2-5 being written with 0-1 cached; position 2 written in this pass,
-    position 3 sent back to [MASK], position 4 still masked, position 6 masked outside the block."""
+    position 3 sent back to [MASK], position 4 still masked, position 5 replaced (a rejected draft),
+    position 6 masked outside the block."""
     prev = [5, 6, M, 8, M, 9, M]
-    row = [5, 6, 1, M, M, 9, M]
+    row = [5, 6, 1, M, M, 7, M]
     fixed = [True, False, False, False, False, False, False]
     states = token_states(row, prev, fixed, (2, 6), 2, M)
-    assert states == [['fixed', 'cached'], ['cached'], ['new', 'active'], ['flagged', 'active'], ['mask', 'active'], ['active'], ['mask']]
+    assert states == [['fixed', 'cached'], ['cached'], ['new', 'active'], ['flagged', 'active'], ['mask', 'active'], ['redrawn', 'active'], ['mask']]
     assert {name for s in states for name in s} == set(STATES)
     # the first frame is its own previous one: nothing is new or flagged
     assert token_states(row, row, fixed, (0, 0), 0, M) == [['fixed'], [], [], ['mask'], ['mask'], [], ['mask']]
