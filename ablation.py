@@ -15,6 +15,7 @@ $ python ablation.py                         # every ELBO row, two runs at a tim
 $ python ablation.py --rows=token_mean,bias --seeds=1337,1338,1339
 $ python ablation.py --recipe=seed
 $ python ablation.py --recipe=scarce --train_chars=10000,25000,100000,0   # 0: all the training text
+$ python ablation.py --recipe=scarce --train=False   # the table and plot of the runs finished so far
 Finished runs (train.py exited 0: a .done file beside the log) are read, not rerun, and
 runs stopped by Ctrl-C continue from their checkpoint, so the script can be stopped and
 started again. Runs write to out-ablation/<row>-s<seed>, logs to logs/ablation/.
@@ -43,6 +44,7 @@ train_args = '' # extra train.py arguments for every run, e.g. '--max_iters=1000
 final_error = 0.005 # recipe='scarce': each run's kept (best) checkpoint is evaluated again on the same val batches of 16
                     # rows, 100 at a time, until the standard error of its val is below this (nats/char)
 final_batches = 2000 # ... or until this many batches
+train = True # False: train nothing, only the table (and plot) of the runs already finished
 jobs = 2 # trainings at once; each gets cpus // jobs threads (2 cores: two 1-thread runs beat one 2-thread run by ~30%)
 log_dir = 'logs/ablation'
 out_root = 'out-ablation'
@@ -86,6 +88,8 @@ SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     'elbo': ("full-sequence diffusion, ELBO", 'config/train_shakespeare_diffusion_elbo_cpu.py', {}),
     'elbo_dropout': ("full-sequence diffusion, ELBO, dropout 0.2", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                      {'dropout': 0.2}),
+    'elbo_wide': ("full-sequence diffusion, ELBO, 256 wide (3.2 M parameters)", 'config/train_shakespeare_diffusion_elbo_cpu.py',
+                  {'n_embd': 256, 'n_head': 8}), # the papers find diffusion wants more parameters than AR
     'block_elbo': ("block diffusion (blocks of 4), ELBO", 'config/train_shakespeare_block_diffusion_cpu.py', {}),
     'block_seed': ("block diffusion (blocks of 4), seed recipe", 'config/train_shakespeare_block_seed_cpu.py', {}),
 }
@@ -158,10 +162,10 @@ prepare_slices()
 runs = [(name, seed, os.path.join(log_dir, f"{name}-s{seed}.log")) for name in names for seed in seed_list]
 # a run is done when train.py exited 0 and left its final eval; the exit is marked by a .done file
 done_logs = {log for _, _, log in runs if os.path.exists(log + '.done')}
-todo = [run for run in runs if run[2] not in done_logs]
+todo = [run for run in runs if run[2] not in done_logs] if train else []
 threads = max(1, (os.cpu_count() or 1) // jobs)
 running = []
-print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to train, {jobs} at a time")
+print(f"{len(done_logs)} of {len(runs)} runs already finished; {len(todo)} to train, {jobs} at a time")
 bar = progress(len(todo), 'ablation', 'run') # runs finished, their rate and the time left
 while todo or running:
     # Ctrl-C also reaches the trainings, which save a checkpoint and stop

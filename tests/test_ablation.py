@@ -35,6 +35,12 @@ def test_ablation_trains_each_row_and_seed_once(tiny_args, tmp_path):
     second = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and '4 of 4 runs already finished; 0 to train' in second.stdout
     assert [l for l in second.stdout.splitlines() if l.startswith('| token_mean')] == [rows['token_mean']]
+    # --train=False: the table of the finished runs, a seed not trained yet left out and left untrained
+    table_only = subprocess.run([*args, '--seeds=1,2,3', '--train=False'], cwd=ROOT, env=_env(), capture_output=True,
+                                text=True, timeout=600)
+    assert table_only.returncode == 0 and '4 of 6 runs already finished; 0 to train' in table_only.stdout
+    assert [l for l in table_only.stdout.splitlines() if l.startswith('| token_mean')] == [rows['token_mean']]
+    assert not (tmp_path / 'logs' / 'token_mean-s3.log').exists()
 
 
 def test_ablation_refuses_an_unknown_row():
