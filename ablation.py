@@ -83,11 +83,9 @@ SCARCE_BASELINE = {'always_save_checkpoint': False, 'eval_iters': 50, 'patience'
 SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     'ar': ("AR twin", 'config/train_shakespeare_ar_cpu.py', {}),
     'ar_dropout': ("AR twin, dropout 0.2", 'config/train_shakespeare_ar_cpu.py', {'dropout': 0.2}),
-    'ar_regularised': ("AR twin, dropout 0.2, weight decay 1.0, input masking (weight 0.4, rates U(0, 0.5))",
-                       'config/train_shakespeare_ar_cpu.py', {'dropout': 0.2, 'weight_decay': 1.0, 'input_mask_weight': 0.4}),
-    **{f'ar_regularised_{name}': (f"AR twin, dropout {d}, weight decay {wd}, input masking", 'config/train_shakespeare_ar_cpu.py',
-                                  {'dropout': d, 'weight_decay': wd, 'input_mask_weight': 0.4})
-       for name, d, wd in (('dropout_0.1', 0.1, 1.0), ('dropout_0.3', 0.3, 1.0), ('wd_2', 0.2, 2.0))}, # its neighbours
+    **{f'ar_regularised{suffix}': (f"AR twin, dropout {d}, weight decay {wd}, input masking (weight 0.4, rates U(0, 0.5))",
+                                   'config/train_shakespeare_ar_cpu.py', {'dropout': d, 'weight_decay': wd, 'input_mask_weight': 0.4})
+       for suffix, d, wd in (('', 0.2, 1.0), ('_dropout_0.1', 0.1, 1.0), ('_dropout_0.3', 0.3, 1.0), ('_wd_2', 0.2, 2.0))},
     'elbo': ("full-sequence diffusion, ELBO", 'config/train_shakespeare_diffusion_elbo_cpu.py', {}),
     'elbo_dropout': ("full-sequence diffusion, ELBO, dropout 0.2", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                      {'dropout': 0.2}),
