@@ -163,7 +163,8 @@ def write_gif(path, title, replay, decode, mask_id):
     top = margin + 2 * ch # below the caption
     legend_y = top + lines * ch + ch // 2
     size = (2 * margin + GIF_COLUMNS * cw, legend_y + ch + margin)
-    shown = {name for i in range(len(frames)) for s in frame_states(replay, i, mask_id) for name in s}
+    states_of = [frame_states(replay, i, mask_id) for i in range(len(frames))] # once: for the legend and the frames
+    shown = {name for states in states_of for s in states for name in s}
     legend = [(name, label) for name, label in LEGEND.items() if name in shown]
 
     def box(draw, x, y, n, colour):
@@ -175,7 +176,7 @@ def write_gif(path, title, replay, decode, mask_id):
         draw.line((x + 2, y + ch - 4, x + cw - 3, y + 3), fill=COLOURS['cross'], width=2)
 
     def draw_frame(i):
-        row, (start, end), states = frames[i], replay['spans'][i], frame_states(replay, i, mask_id)
+        row, (start, end), states = frames[i], replay['spans'][i], states_of[i]
         image = Image.new('RGB', size, COLOURS['paper'])
         draw = ImageDraw.Draw(image)
         where = f", writing {start}-{end - 1}" if end > start else ''
