@@ -19,7 +19,8 @@ from configurator import UserError
 from model import GPT, GPTConfig, special_token_ids
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
-CHECKPOINT_NAME = 'ckpt.pt'
+CHECKPOINT_NAME = 'ckpt.pt' # the weights every script reads: the last eval's, or the best one's (always_save_checkpoint=False)
+STOP_NAME = 'stop.pt' # where a stopped run saves when ckpt.pt holds its best: --init_from=resume prefers it
 MASK_GLYPH, WRONG_GLYPH = '\u2591', '\u2717' # how [MASK] and [WRONG] are shown in decoded text
 
 # ----------------------------------------------------------------------------
@@ -136,10 +137,10 @@ def get_batch(data, batch_size, block_size, generator, device):
 # ----------------------------------------------------------------------------
 # checkpoints
 
-def save_checkpoint(checkpoint, out_dir):
+def save_checkpoint(checkpoint, out_dir, name=CHECKPOINT_NAME):
     """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    path = os.path.join(out_dir, name)
     tmp = path + '.tmp'
     with open(tmp, 'wb') as f:
         torch.save(checkpoint, f)
@@ -240,17 +241,17 @@ def read_log(out_dir, kind):
     return [r for r in log_records(out_dir) if r.get('kind') == kind]
 
 
-def checkpoint_path(out_dir, key='out_dir'):
+def checkpoint_path(out_dir, key='out_dir', name=CHECKPOINT_NAME):
     """The path of out_dir's checkpoint; a UserError that names the option key if there is none."""
-    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    path = os.path.join(out_dir, name)
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train one with python train.py ... or fix --{key}")
     return path
 
 
-def load_checkpoint(out_dir, device='cpu', key='out_dir'):
-    """Read out_dir/ckpt.pt with weights_only=True: loading never executes code."""
-    path = checkpoint_path(out_dir, key)
+def load_checkpoint(out_dir, device='cpu', key='out_dir', name=CHECKPOINT_NAME):
+    """Read out_dir/ckpt.pt (or name) with weights_only=True: loading never executes code."""
+    path = checkpoint_path(out_dir, key, name)
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:

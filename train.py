@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError, configure, require, require_choice, require_range
 import diffusion
-from loading import (append_log, checkpoint_path, chars_per_token, dataset_vocab_size, get_batch, load_checkpoint, load_split,
-                     model_from_checkpoint, random_states, require_vocab, restore_random_states, save_checkpoint,
-                     setup_device, split_path, start_log)
+from loading import (CHECKPOINT_NAME, STOP_NAME, append_log, checkpoint_path, chars_per_token, dataset_vocab_size, get_batch,
+                     load_checkpoint, load_split, model_from_checkpoint, random_states, require_vocab, restore_random_states,
+                     save_checkpoint, setup_device, split_path, start_log)
 from model import GPT, GPTConfig, special_token_ids
 
 # -----------------------------------------------------------------------------
@@ -38,9 +38,9 @@ eval_interval = 2000 # evaluate (and maybe checkpoint) every this many iteration
 log_interval = 1 # print a log line every this many iterations
 eval_iters = 200 # batches per split for each evaluation
 eval_only = False # if True, script exits right after the first eval
-always_save_checkpoint = True # if True, always save a checkpoint after each eval, else only when val improves (a diffusion model's val: its bound)
-patience = 0 # stop once val has not improved for this many evals (early stopping; 0 = train to max_iters). A stop by
-             # Ctrl-C saves the state of that iteration, to resume from, over the best checkpoint
+always_save_checkpoint = True # if True, always save a checkpoint after each eval, else only when val improves (a diffusion model's val: its bound);
+                              # then a stop by Ctrl-C saves beside that best checkpoint, in stop.pt, which --init_from=resume prefers
+patience = 0 # stop once val has not improved for this many evals (early stopping; 0 = train to max_iters)
 init_from = 'scratch' # 'scratch', 'resume' (from out_dir), 'gpt2*' (OpenAI weights) or a directory with an AR checkpoint of this project
 # wandb logging
 wandb_log = False # disabled by default
@@ -149,7 +149,8 @@ require(backend != 'nccl' or device_type == 'cuda', f"backend='nccl' needs CUDA 
 require(out_dir != '' and not os.path.isfile(out_dir), f"out_dir={out_dir!r} is {'a file' if out_dir else 'empty'}: "
         "give the folder for checkpoints, e.g. --out_dir=out")
 if init_from == 'resume':
-    checkpoint_path(out_dir) # there is one to resume from
+    resume_from = STOP_NAME if os.path.isfile(os.path.join(out_dir, STOP_NAME)) else CHECKPOINT_NAME # the later state
+    checkpoint_path(out_dir, name=resume_from) # there is one to resume from
 elif init_from.startswith('gpt2'):
     require(init_from in GPT2_MODELS, f"init_from={init_from!r} is not a GPT-2 model: use {', '.join(GPT2_MODELS)}"
             + (f"; for the folder, write --init_from=./{init_from}" if os.path.isdir(init_from) else ''))
@@ -219,8 +220,8 @@ if init_from == 'scratch':
     mask_id, wrong_id = special_token_ids(base_vocab) if specials else (-1, -1)
     model = GPT(GPTConfig(**model_args, vocab_size=base_vocab + 2 * specials, mask_token_id=mask_id, wrong_token_id=wrong_id))
 elif init_from == 'resume':
-    print(f"Resuming training from {out_dir}")
-    checkpoint = load_checkpoint(out_dir, device)
+    print(f"Resuming training from {os.path.join(out_dir, resume_from)}")
+    checkpoint = load_checkpoint(out_dir, device, name=resume_from)
     # the architecture comes from the checkpoint; the rest of the config can change
     model_args = checkpoint['model_args']
     if model_args['model_type'] != model_type:
@@ -315,13 +316,15 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def save():
+def save(name=CHECKPOINT_NAME):
     rng = random_states(random_streams, device_type, ddp_world_size) # every rank's
     if master_process:
-        print(f"saving checkpoint to {out_dir}")
+        print(f"saving checkpoint to {out_dir}" + (f"/{name}" if name != CHECKPOINT_NAME else ''))
         save_checkpoint({'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'scaler': scaler.state_dict(), 'model_args': asdict(raw_model.config), 'iter_num': iter_num,
-                         'best_val_loss': best_val_loss, 'best_iter': best_iter, 'config': config, 'rng': rng}, out_dir)
+                         'best_val_loss': best_val_loss, 'best_iter': best_iter, 'config': config, 'rng': rng}, out_dir, name)
+        if name == CHECKPOINT_NAME and os.path.isfile(os.path.join(out_dir, STOP_NAME)):
+            os.remove(os.path.join(out_dir, STOP_NAME)) # older than this state: resume from this one
 
 
 stop_signal = 0 # the SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) this process got, if any
@@ -350,9 +353,11 @@ def check_stop(nonfinite):
         raise UserError(f"the loss became NaN/inf before iteration {iter_num}: lower learning_rate or use dtype=float32; "
                         f"the last good checkpoint in {out_dir} was kept")
     if signum:
-        save()
+        keep_best = not always_save_checkpoint and best_iter > 0 # ckpt.pt holds the best eval's weights: keep them
+        save(STOP_NAME if keep_best else CHECKPOINT_NAME)
         if master_process:
-            print(f"stopped at iter {iter_num}: checkpoint saved to {out_dir}; --init_from=resume continues", flush=True)
+            print(f"stopped at iter {iter_num}: checkpoint saved to {out_dir}" + (f"/{STOP_NAME} (ckpt.pt keeps the best, "
+                  f"iteration {best_iter})" if keep_best else '') + "; --init_from=resume continues", flush=True)
         if ddp:
             dist.destroy_process_group()
         sys.exit(128 + int(signum)) # the shell's status for a process ended by that signal

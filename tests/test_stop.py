@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, RUN_VARIANTS, _env, free_port
+from loading import read_log
 from test_train import assert_same_state, ckpt, iter_lines
 
 pytestmark = pytest.mark.slow
@@ -119,6 +120,42 @@ def test_stop_one_process_and_resume(straight, tiny_args, tmp_path, variant, sig
     stop = assert_stopped(stdout, out_dir, 1)
     resumed = run(command([*args, '--init_from=resume']))
     assert_resumed_exactly(straight(variant, 1), out_dir, resumed.stdout, stop)
+
+
+def test_a_stop_keeps_the_best_checkpoint(straight, tiny_args, tmp_path):
+    """With always_save_checkpoint=False ckpt.pt holds the best eval's weights, the ones the other
+    scripts read: a stop after that eval saves beside them, in stop.pt, and --init_from=resume goes
+    on from stop.pt as exactly as from any stop. The next save of ckpt.pt (a better eval) makes
+    stop.pt the older state, and removes it."""
+    out_dir = tmp_path / 'run'
+    args = [*train_args(tiny_args, 'gpt2', out_dir), '--always_save_checkpoint=False']
+    p = start(command(args), tmp_path / 'stderr.txt')
+    stdout, saved = [], False
+    for line in p.stdout: # the first save is the best eval's; then a stop mid-run
+        stdout.append(line)
+        saved = saved or line.startswith('saving checkpoint')
+        if saved and line.startswith('iter '):
+            break
+    p.send_signal(signal.SIGINT)
+    stdout = ''.join(stdout) + p.stdout.read()
+    assert p.wait(timeout=120) == 130 and (tmp_path / 'stderr.txt').read_text() == ''
+    lines = re.findall(r'^stopped at iter (\d+): checkpoint saved to (.+)/stop.pt \(ckpt.pt keeps the best, iteration '
+                       r'(\d+)\); --init_from=resume continues$', stdout, re.M)
+    assert len(lines) == 1 and lines[0][1] == str(out_dir), stdout[-2000:]
+    stop, best = int(lines[0][0]), int(lines[0][2])
+    assert best == ITERS // 3 < stop # the first eval after iteration 0 is the best so far
+    best_state = ckpt(out_dir)
+    assert best_state['iter_num'] == best_state['best_iter'] == best
+    assert torch.load(out_dir / 'stop.pt', weights_only=True)['iter_num'] == stop
+    resumed = run(command([*args, '--init_from=resume']))
+    assert f"Resuming training from {out_dir / 'stop.pt'}" in resumed.stdout
+    straight_dir, straight_stdout = straight('gpt2', 1)
+    la, lb = iter_lines(straight_stdout), iter_lines(resumed.stdout)
+    assert set(lb) == set(range(stop + 1, ITERS + 1)) and all(la[it] == lb[it] for it in lb)
+    val = {e['iter']: e['val'] for e in read_log(straight_dir, 'eval')}
+    final_best = min(val, key=lambda it: (val[it], it)) # the first of equals, as train.py keeps it
+    assert ckpt(out_dir)['iter_num'] == final_best
+    assert (out_dir / 'stop.pt').exists() == (final_best == best)
 
 
 def test_sigterm_to_torchrun_and_resume(straight, tiny_args, tmp_path):
