@@ -90,6 +90,8 @@ SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     'elbo': ("full-sequence diffusion, ELBO", 'config/train_shakespeare_diffusion_elbo_cpu.py', {}),
     'elbo_dropout': ("full-sequence diffusion, ELBO, dropout 0.2", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                      {'dropout': 0.2}),
+    **{f'elbo_wd_{wd:g}': (f"full-sequence diffusion, ELBO, weight decay {wd:g}", 'config/train_shakespeare_diffusion_elbo_cpu.py',
+                           {'weight_decay': wd}) for wd in (1.0, 2.0)}, # the AR model's regularisers, one at a time
     'elbo_wide': ("full-sequence diffusion, ELBO, 256 wide (3.2 M parameters)", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                   {'n_embd': 256, 'n_head': 8}), # the papers find diffusion wants more parameters than AR
     'block_elbo': ("block diffusion (blocks of 4), ELBO", 'config/train_shakespeare_block_diffusion_cpu.py', {}),
@@ -160,6 +162,7 @@ def final_eval(run_dir):
 
 
 os.makedirs(log_dir, exist_ok=True)
+os.makedirs(out_root, exist_ok=True) # the plot goes there, even before any run
 prepare_slices()
 runs = [(name, seed, os.path.join(log_dir, f"{name}-s{seed}.log")) for name in names for seed in seed_list]
 # a run is done when train.py exited 0 and left its final eval; the exit is marked by a .done file

@@ -1,7 +1,10 @@
 """ablation.py end to end on the tiny dataset: every row x seed is trained once, the table
 reads each run's final eval, and a second call reuses the finished runs."""
+import importlib.util
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +13,7 @@ import time
 import pytest
 
 from conftest import ROOT, _env
+from loading import read_log
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +80,38 @@ def test_ctrl_c_stops_the_trainings_and_the_same_command_continues_them(tiny_arg
         text = log.read_text()
         assert 'Resuming training' in text and 'step 400:' in text # continued to the end, in the same log
     assert re.search(r'^\| token_mean ', again.stdout, re.M)
+
+
+def test_scarce_recipe_slices_trains_and_evaluates_the_kept_checkpoints(tiny_args, tmp_path):
+    """--recipe=scarce on a text of its own: a slice of the training text (the val text whole), an AR and
+    a diffusion row trained on it with early stopping, each kept checkpoint evaluated again (cached in
+    final_val.json), and the table with the epochs of the kept checkpoint; --train=False reads the same."""
+    size, name = 3001, 'shakespeare_char_3001' # a size nobody prepares: the slice lives in data/ while the test runs
+    tiny = ' '.join(tiny_args + ['--max_iters=90', '--lr_decay_iters=90', '--warmup_iters=1'])
+    args = [sys.executable, 'ablation.py', '--recipe=scarce', f'--text={ROOT}/tests/shakespeare_excerpt.txt',
+            f'--train_chars={size}', f'--rows=ar_regularised_{size},elbo_{size}', '--seeds=1', '--final_batches=100',
+            f'--train_args={tiny}', f'--log_dir={tmp_path}/logs', f'--out_root={tmp_path}/out']
+    try:
+        first = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        with open(os.path.join(ROOT, 'data', name, 'train.bin'), 'rb') as f:
+            assert len(f.read()) == 2 * size # uint16 ids: the first size characters
+        rows = {m[1]: (float(m[2]), int(m[3]), int(m[4])) for m in re.finditer(
+            r'^\| (\w+_3001) \| .+ \| ([\d.]+) \+- [\d.]+ \| (\d+) \((\d+)\) \|$', first.stdout, re.M)}
+        assert set(rows) == {f'ar_regularised_{size}', f'elbo_{size}'}, first.stdout[-3000:]
+        for row, (val, it, epochs) in rows.items():
+            kept = json.load(open(tmp_path / 'out' / f'{row}-s1' / 'final_val.json'))
+            assert kept['iter'] == it > 0 and abs(kept['val'] - val) < 6e-4 and 0 < val < 10
+            assert epochs == round(it * 4 * 32 / size) # rows of 4 x 32 characters an iteration
+            evals = read_log(str(tmp_path / 'out' / f'{row}-s1'), 'eval')
+            assert all(e['iter'] % 30 == 0 for e in evals) # every 20 epochs: size // 100 iterations
+        assert (tmp_path / 'out' / 'scarce.png').exists() == (importlib.util.find_spec('matplotlib') is not None)
+        again = subprocess.run([*args, '--train=False'], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and '2 of 2 runs already finished; 0 to train' in again.stdout
+        assert [l for l in again.stdout.splitlines() if '_3001 |' in l] == [l for l in first.stdout.splitlines() if '_3001 |' in l]
+        # before any run, into a folder not made yet: the (empty) table, not a traceback
+        fresh = subprocess.run([*args[:-2], f'--log_dir={tmp_path}/logs2', f'--out_root={tmp_path}/out2', '--train=False'],
+                               cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        assert fresh.returncode == 0 and '0 of 2 runs already finished' in fresh.stdout, fresh.stderr[-2000:]
+    finally:
+        shutil.rmtree(os.path.join(ROOT, 'data', name), ignore_errors=True)
