@@ -91,7 +91,7 @@ SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     'elbo_dropout': ("full-sequence diffusion, ELBO, dropout 0.2", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                      {'dropout': 0.2}),
     **{f'elbo_wd_{wd:g}': (f"full-sequence diffusion, ELBO, weight decay {wd:g}", 'config/train_shakespeare_diffusion_elbo_cpu.py',
-                           {'weight_decay': wd}) for wd in (1.0, 2.0)}, # the AR model's regularisers, one at a time
+                           {'weight_decay': wd}) for wd in (1.0, 2.0, 4.0)}, # the AR model's regularisers, one at a time
     'elbo_wide': ("full-sequence diffusion, ELBO, 256 wide (3.2 M parameters)", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                   {'n_embd': 256, 'n_head': 8}), # the papers find diffusion wants more parameters than AR
     'block_elbo': ("block diffusion (blocks of 4), ELBO", 'config/train_shakespeare_block_diffusion_cpu.py', {}),
