@@ -86,12 +86,12 @@ SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     **{f'ar_regularised{suffix}': (f"AR twin, dropout {d}, weight decay {wd}, input masking (weight 0.4, rates U(0, 0.5))",
                                    'config/train_shakespeare_ar_cpu.py', {'dropout': d, 'weight_decay': wd, 'input_mask_weight': 0.4})
        for suffix, d, wd in (('', 0.2, 1.0), ('_dropout_0.1', 0.1, 1.0), ('_dropout_0.3', 0.3, 1.0),
-                             ('_wd_2', 0.2, 2.0), ('_wd_4', 0.2, 4.0))},
+                             ('_wd_2', 0.2, 2.0), ('_wd_4', 0.2, 4.0), ('_wd_8', 0.2, 8.0))},
     'elbo': ("full-sequence diffusion, ELBO", 'config/train_shakespeare_diffusion_elbo_cpu.py', {}),
     'elbo_dropout': ("full-sequence diffusion, ELBO, dropout 0.2", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                      {'dropout': 0.2}),
     **{f'elbo_wd_{wd:g}': (f"full-sequence diffusion, ELBO, weight decay {wd:g}", 'config/train_shakespeare_diffusion_elbo_cpu.py',
-                           {'weight_decay': wd}) for wd in (1.0, 2.0, 4.0)}, # the AR model's regularisers, one at a time
+                           {'weight_decay': wd}) for wd in (1.0, 2.0, 4.0, 8.0)}, # the AR model's regularisers, one at a time
     'elbo_wide': ("full-sequence diffusion, ELBO, 256 wide (3.2 M parameters)", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                   {'n_embd': 256, 'n_head': 8}), # the papers find diffusion wants more parameters than AR
     'block_elbo': ("block diffusion (blocks of 4), ELBO", 'config/train_shakespeare_block_diffusion_cpu.py', {}),
