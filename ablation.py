@@ -86,7 +86,7 @@ SCARCE_MODELS = { # name -> (what it is, its config, its overrides)
     **{f'ar_regularised{suffix}': (f"AR twin, dropout {d}, weight decay {wd}, input masking (weight 0.4, rates U(0, 0.5))",
                                    'config/train_shakespeare_ar_cpu.py', {'dropout': d, 'weight_decay': wd, 'input_mask_weight': 0.4})
        for suffix, d, wd in (('', 0.2, 1.0), ('_dropout_0.1', 0.1, 1.0), ('_dropout_0.3', 0.3, 1.0),
-                             ('_wd_2', 0.2, 2.0), ('_wd_4', 0.2, 4.0), ('_wd_8', 0.2, 8.0), ('_wd_16', 0.2, 16.0))},
+                             ('_wd_2', 0.2, 2.0), ('_wd_4', 0.2, 4.0), ('_wd_8', 0.2, 8.0), ('_wd_16', 0.2, 16.0), ('_wd_32', 0.2, 32.0))},
     'elbo': ("full-sequence diffusion, ELBO", 'config/train_shakespeare_diffusion_elbo_cpu.py', {}),
     'elbo_dropout': ("full-sequence diffusion, ELBO, dropout 0.2", 'config/train_shakespeare_diffusion_elbo_cpu.py',
                      {'dropout': 0.2}),
